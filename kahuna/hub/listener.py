@@ -6,7 +6,7 @@ The agent hub issue replaces this module with the real hub; `serve` keeps this s
 from __future__ import annotations
 
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import WebSocketRequest, WebSocketServer, serve_websocket
 
 
 async def _refuse(request: WebSocketRequest) -> None:
@@ -15,4 +15,6 @@ async def _refuse(request: WebSocketRequest) -> None:
 
 async def serve(host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Listen on host:port; report the bound (host, port) through `task_status`."""
-    await serve_websocket(_refuse, host, port, ssl_context=None, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        server: WebSocketServer = await nursery.start(serve_websocket, _refuse, host, port, None)
+        task_status.started((host, server.port))
