@@ -1,0 +1,76 @@
+"""HTTP routes generated from the resource declarations, as the official client 0.58 speaks them.
+
+For a kind `zone` with parent `region`:
+  POST /region/{regionId}/zone      create (201, the model)
+  GET  /region/{regionId}/zones     ids of the parent's children
+  GET  /zone                        ids of all zones
+  GET|PUT|DELETE /zone/{zoneId}     read (200), partial update (200), delete (200, null)
+List endpoints answer arrays of id strings, as upstream does.
+"""
+
+from __future__ import annotations
+
+from kahuna.api.routes import RouteTable, json_body, json_response
+from kahuna.resources.kind import Kind, get_kind
+from kahuna.resources.service import Resources, to_api
+
+from quart import request
+
+
+def install(table: RouteTable, resources: Resources, kinds: list[Kind]) -> None:
+    for kind in kinds:
+        _install_kind(table, resources, kind)
+
+
+def _install_kind(table: RouteTable, res: Resources, kind: Kind) -> None:
+    one = f"/{kind.name}/{{{kind.id_param}}}"
+    access = kind.access
+
+    async def list_all(principal):
+        return json_response([d["_id"] for d in await res.list(kind)])
+
+    async def read(principal, **params):
+        return json_response(to_api(kind, await res.get(kind, params[kind.id_param])))
+
+    async def update(principal, **params):
+        doc = await res.update(kind, params[kind.id_param], await json_body(),
+                               principal=principal, query=request.args)
+        return json_response(to_api(kind, doc))
+
+    async def delete(principal, **params):
+        await res.delete(kind, params[kind.id_param], principal=principal, query=request.args)
+        return json_response(None)
+
+    if "list" in kind.routes:
+        table.add(f"/{kind.name}", "GET", access.read, list_all, name=f"list_{kind.name}")
+    if "read" in kind.routes:
+        table.add(one, "GET", access.read, read, name=f"read_{kind.name}")
+    if "update" in kind.routes:
+        table.add(one, "PUT", access.update, update, name=f"update_{kind.name}")
+    if "delete" in kind.routes:
+        table.add(one, "DELETE", access.delete, delete, name=f"delete_{kind.name}")
+
+    if kind.parent is None:
+        async def create(principal):
+            doc = await res.create(kind, await json_body(), principal=principal, query=request.args)
+            return json_response(to_api(kind, doc), 201)
+
+        if "create" in kind.routes:
+            table.add(f"/{kind.name}", "POST", access.create, create, name=f"create_{kind.name}")
+        return
+
+    parent = get_kind(kind.parent.kind)
+    under = f"/{parent.name}/{{{parent.id_param}}}"
+
+    async def create_child(principal, **params):
+        doc = await res.create(kind, await json_body(), params[parent.id_param],
+                               principal=principal, query=request.args)
+        return json_response(to_api(kind, doc), 201)
+
+    async def list_children(principal, **params):
+        return json_response([d["_id"] for d in await res.list(kind, params[parent.id_param])])
+
+    if "create" in kind.routes:
+        table.add(f"{under}/{kind.name}", "POST", access.create, create_child, name=f"create_{parent.name}_{kind.name}")
+    if "children" in kind.routes:
+        table.add(f"{under}/{kind.plural}", "GET", access.read, list_children, name=f"list_{parent.name}_{kind.plural}")

@@ -1,0 +1,113 @@
+"""Command line: run the daemon (default), or run migrations (-m) and exit.
+
+Exit codes: 0 clean stop, 1 runtime failure (e.g. the database is unreachable at start),
+2 bad usage or configuration (reported before any port is bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import trio
+
+from kahuna import __version__, logs
+from kahuna.auth import generated
+from kahuna.config import Config, ConfigError, load
+from kahuna.server import Secrets, prepared_store, run
+from kahuna.store import errors as store_errors
+
+log = logs.get_logger("kahuna")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kahuna", description="Kowabunga orchestrator")
+    parser.add_argument("-c", "--config", help="YAML configuration file (upstream kahuna.yml keys)")
+    parser.add_argument("-d", "--debug", action="store_true", help="force DEBUG logs")
+    parser.add_argument("-m", "--migrate", action="store_true",
+                        help="create missing indexes and exit")
+    parser.add_argument("-V", "--version", action="version", version=f"kahuna {__version__}")
+    return parser.parse_args(argv)
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"kahuna: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        config, unknown = load(args.config)
+    except ConfigError as exc:
+        return fail(str(exc))
+    if args.debug:
+        config = config.with_debug()
+    logs.setup(config.log_level)
+    for key in unknown:
+        log.warning("unknown configuration key ignored", key=key)
+    try:
+        secrets = ensure_secrets(config)
+    except (OSError, ValueError) as exc:
+        return fail(f"global.dataDir: {config.data_dir}: {exc}")
+    try:
+        if args.migrate:
+            trio.run(migrate, config)
+        else:
+            trio.run(serve_until_signal, config, secrets)
+    except store_errors.Unavailable as exc:
+        log.error("database unavailable", error=str(exc))
+        return 1
+    return 0
+
+
+def ensure_secrets(config: Config) -> Secrets:
+    """Use the configured secrets, or those generated into the data directory."""
+    generated.ensure_data_dir(config.data_dir)
+    master = config.api_key
+    if not master:
+        made = generated.master_api_key(config.data_dir)
+        master = made.value
+        if made.created:
+            announce_master_key(made)
+    jwt = config.jwt_signature or generated.jwt_signature(config.data_dir).value
+    server = config.server_secret or generated.server_secret(config.data_dir).value
+    return Secrets(master_key=master, jwt_signature=jwt, server_secret=server)
+
+
+def announce_master_key(made: generated.Generated) -> None:
+    """Shown once, on the terminal only (never in a log line)."""
+    print(
+        "\nKahuna generated a master API key (superAdmin). It is shown this once;\n"
+        f"it is kept in {made.path} (mode 0600) and reused on later starts.\n"
+        "Authenticate API calls with the header:\n\n"
+        f"    X-API-Key: {made.value}\n\n"
+        "e.g. curl -H 'X-API-Key: <key>' http://127.0.0.1:8080/api/v1/region\n",
+        flush=True,
+    )
+
+
+async def serve_until_signal(config: Config, secrets: Secrets) -> None:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+        await run(config, secrets, shutdown)
+        nursery.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if shutdown.is_set():  # a second signal: stop now
+                scope.cancel()
+                return
+            log.info("signal received", signal=signal.Signals(signum).name)
+            shutdown.set()
+
+
+async def migrate(config: Config) -> None:
+    async with prepared_store(config):
+        pass
+    log.info("migration done", detail="indexes ensured")

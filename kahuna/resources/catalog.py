@@ -1,0 +1,7 @@
+"""Imports every module that declares resource kinds, so that the registry is complete."""
+
+from kahuna.resources import topology  # noqa: F401
+
+
+def load() -> None:
+    """Nothing to do: importing this module registered the kinds. Called for clarity."""

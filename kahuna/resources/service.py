@@ -1,0 +1,262 @@
+"""Generic operations on any declared kind: create, read, list, update, delete.
+
+One implementation serves every kind. The rules a private cloud needs live here once:
+- the parent must exist; names are unique within their parent (enforced by the store's unique
+  index, so two concurrent creates cannot both win);
+- a parent that still has children is not deleted (409 naming what is left), and a child cannot
+  be created under a parent being deleted (both hold the parent's lock);
+- hooks with side effects run after the write; when one fails, or the request is cancelled, the
+  write is undone under a shield, so nothing is left half-created.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+import trio
+
+from kahuna.logs import get_logger
+from kahuna.resources.errors import ConflictError, Invalid, NotFoundError, Unavailable
+from kahuna.resources.kind import Kind, children_of, doc_value, get_kind, set_doc_value
+from kahuna.resources.types import check_object
+from kahuna.store import errors as store_errors
+from kahuna.store.base import Document, Store, is_valid_id, new_id
+
+log = get_logger("kahuna.resources")
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, at the millisecond precision both backends keep."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class KeyedLocks:
+    """One trio.Lock per key, created on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, tuple[trio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = trio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class Resources:
+    """The domain facade the API (and the hub hooks) call. `extras` carries collaborators that
+    hooks need (the hub, the mailer, ...) without this module importing them."""
+
+    def __init__(self, store: Store, **extras: Any) -> None:
+        self.store = store
+        self.extras = extras
+        self.locks = KeyedLocks()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["extras"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get(self, kind: Kind | str, doc_id: str) -> Document:
+        kind = _kind(kind)
+        if not is_valid_id(doc_id):
+            raise NotFoundError(f"{kind.label} {doc_id!r} not found")
+        try:
+            return await self.store.get(kind.collection, doc_id)
+        except store_errors.NotFound:
+            raise NotFoundError(f"{kind.label} {doc_id} not found") from None
+        except store_errors.Unavailable as exc:
+            raise Unavailable(f"database unavailable: {exc}") from None
+
+    async def list(self, kind: Kind | str, parent_id: str | None = None, **match: Any) -> list[Document]:
+        kind = _kind(kind)
+        query = dict(match)
+        if parent_id is not None:
+            assert kind.parent is not None, f"{kind.name} has no parent"
+            await self.get(kind.parent.kind, parent_id)
+            query[kind.parent.field] = parent_id
+        return await self._store_call(self.store.find, kind.collection, query, sort="_id")
+
+    async def count(self, kind: Kind | str, **match: Any) -> int:
+        kind = _kind(kind)
+        return await self._store_call(self.store.count, kind.collection, match)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def create(self, kind: Kind | str, payload: Any, parent_id: str | None = None, **extra: Any) -> Document:
+        """Validate `payload` (a decoded JSON body) and store a new document of `kind`."""
+        kind = _kind(kind)
+        values = check_object(kind.fields, _object(payload), "", partial=False)
+        now = utcnow()
+        doc: Document = {"_id": new_id(), "schema_version": kind.schema_version,
+                         "created_at": now, "updated_at": now}
+        for name, value in values.items():
+            set_doc_value(doc, kind.field_map[name].doc_key, value)
+        async with self._parent_lock(kind, parent_id):
+            if kind.parent:
+                await self.get(kind.parent.kind, parent_id)
+                doc[kind.parent.field] = parent_id
+            if kind.hooks.before_create:
+                await kind.hooks.before_create(self, doc, **extra)
+            await self._insert(kind, doc)
+            if kind.hooks.after_create:
+                await self._undo_on_failure(kind.hooks.after_create(self, doc, **extra),
+                                            self.store.delete, kind.collection, doc["_id"])
+        log.info("created", kind=kind.name, id=doc["_id"], name=doc.get("name"))
+        return doc
+
+    async def update(self, kind: Kind | str, doc_id: str, payload: Any, **extra: Any) -> Document:
+        """Partial update: absent fields keep their value (every client *Update model is partial)."""
+        kind = _kind(kind)
+        values = check_object(kind.fields, _object(payload), "", partial=True)
+        async with self.locks.hold((kind.name, doc_id)):
+            old = await self.get(kind, doc_id)
+            new = _copy(old)
+            for name, value in values.items():
+                f = kind.field_map[name]
+                if f.immutable and value != doc_value(old, f.doc_key):
+                    raise Invalid(f"{name}: cannot be changed after creation")
+                set_doc_value(new, f.doc_key, value)
+            new["updated_at"] = utcnow()
+            new["schema_version"] = kind.schema_version
+            if kind.hooks.before_update:
+                await kind.hooks.before_update(self, old, new, **extra)
+            await self._replace(kind, new)
+            if kind.hooks.after_update:
+                await self._undo_on_failure(kind.hooks.after_update(self, old, new, **extra),
+                                            self.store.replace, kind.collection, old)
+        log.info("updated", kind=kind.name, id=doc_id, fields=sorted(values))
+        return new
+
+    async def set_fields(self, kind: Kind | str, doc_id: str, fields: dict[str, Any]) -> Document:
+        """Server-side field changes (not from a client payload): no validation, no hooks."""
+        kind = _kind(kind)
+        fields = {**fields, "updated_at": utcnow()}
+        try:
+            return await self.store.update_fields(kind.collection, doc_id, fields)
+        except store_errors.NotFound:
+            raise NotFoundError(f"{kind.label} {doc_id} not found") from None
+        except store_errors.Conflict as exc:
+            raise ConflictError(f"{kind.label}: {exc.detail or exc.index}") from None
+
+    async def delete(self, kind: Kind | str, doc_id: str, **extra: Any) -> None:
+        kind = _kind(kind)
+        async with self.locks.hold((kind.name, doc_id)):
+            doc = await self.get(kind, doc_id)
+            left = []
+            for child in children_of(kind):
+                n = await self.count(child, **{child.parent.field: doc_id})
+                if n:
+                    left.append(f"{n} {child.label}{'' if n == 1 else 's'}")
+            if left:
+                raise ConflictError(f"{kind.label} {doc.get('name', doc_id)} still has {', '.join(left)}")
+            if kind.hooks.before_delete:
+                await kind.hooks.before_delete(self, doc, **extra)
+            await self._store_call(self.store.delete, kind.collection, doc_id)
+            if kind.hooks.after_delete:
+                await kind.hooks.after_delete(self, doc, **extra)
+        log.info("deleted", kind=kind.name, id=doc_id)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _parent_lock(self, kind: Kind, parent_id: str | None):
+        """Creating a child and deleting its parent exclude each other (same lock key)."""
+        if kind.parent is None:
+            return _nothing()
+        return self.locks.hold((kind.parent.kind, parent_id))
+
+    async def _insert(self, kind: Kind, doc: Document) -> None:
+        try:
+            await self.store.insert(kind.collection, doc)
+        except store_errors.Conflict as exc:
+            raise ConflictError(_conflict_reason(kind, doc, exc)) from None
+        except store_errors.Unavailable as exc:
+            raise Unavailable(f"database unavailable: {exc}") from None
+
+    async def _replace(self, kind: Kind, doc: Document) -> None:
+        try:
+            await self.store.replace(kind.collection, doc)
+        except store_errors.Conflict as exc:
+            raise ConflictError(_conflict_reason(kind, doc, exc)) from None
+        except store_errors.NotFound:
+            raise NotFoundError(f"{kind.label} {doc['_id']} not found") from None
+        except store_errors.Unavailable as exc:
+            raise Unavailable(f"database unavailable: {exc}") from None
+
+    async def _store_call(self, fn, *args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except store_errors.NotFound as exc:
+            raise NotFoundError(str(exc)) from None
+        except store_errors.Unavailable as exc:
+            raise Unavailable(f"database unavailable: {exc}") from None
+
+    @staticmethod
+    async def _undo_on_failure(hook_call, undo, *undo_args) -> None:
+        """Await a side-effect hook; when it fails or is cancelled, undo the write, shielded."""
+        try:
+            await hook_call
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await undo(*undo_args)
+                except Exception:
+                    log.error("undo failed", exc_info=True)
+            raise
+
+
+def to_api(kind: Kind | str, doc: Document) -> dict[str, Any]:
+    """The API view of a document: every served field, with the type's empty value when absent."""
+    kind = _kind(kind)
+    out = {}
+    for f in kind.fields:
+        if f.write_only:
+            continue
+        value = doc_value(doc, f.doc_key, None)
+        out[f.name] = f.empty() if value is None else value
+    return out
+
+
+def _kind(kind: Kind | str) -> Kind:
+    return get_kind(kind) if isinstance(kind, str) else kind
+
+
+def _object(payload: Any) -> dict:
+    if not isinstance(payload, dict):
+        raise Invalid("request body must be a JSON object")
+    return payload
+
+
+def _copy(doc: Document) -> Document:
+    return copy.deepcopy(doc)
+
+
+def _conflict_reason(kind: Kind, doc: Document, exc: store_errors.Conflict) -> str:
+    if kind.parent and kind.parent.field in exc.index:
+        parent = get_kind(kind.parent.kind)
+        return f"a {kind.label} named {doc.get('name')!r} already exists in this {parent.label}"
+    if "name" in exc.index:
+        return f"a {kind.label} named {doc.get('name')!r} already exists"
+    return f"{kind.label}: {exc.detail or 'a unique value is already taken'}"
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield

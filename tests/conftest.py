@@ -1,0 +1,33 @@
+"""Fixtures shared by the whole suite: a real Kahuna process and the official client."""
+
+from __future__ import annotations
+
+import kowabunga
+import pytest
+
+from tests.kahuna_proc import MASTER_KEY, Kahuna, write_config
+
+
+@pytest.fixture(scope="module")
+def kahuna(tmp_path_factory):
+    """One Kahuna (embedded store) per test module, on free ports, stopped with SIGTERM."""
+    work = tmp_path_factory.mktemp("kahuna")
+    config = write_config(work / "kahuna.yml", work / "data")
+    with Kahuna(work, config) as k:
+        yield k
+
+
+def make_client(kahuna: Kahuna, *, api_key: str | None = MASTER_KEY, token: str | None = None):
+    cfg = kowabunga.Configuration(host=kahuna.api)
+    if api_key:
+        cfg.api_key["ApiKeyAuth"] = api_key
+    if token:
+        cfg.access_token = token
+    return kowabunga.ApiClient(cfg)
+
+
+@pytest.fixture(scope="module")
+def admin(kahuna):
+    """The official client authenticated with the master API key."""
+    with make_client(kahuna) as client:
+        yield client
