@@ -82,3 +82,14 @@ def test_generated_secrets_are_private(tmp_path):
         mode = stat.S_IMODE(os.stat(tmp_path / "data" / name).st_mode)
         assert mode == 0o600, name
     assert stat.S_IMODE(os.stat(tmp_path / "data").st_mode) == 0o700
+
+
+def test_debug_flag_forces_debug_logs(tmp_path):
+    config = write_config(tmp_path / "k.yml", tmp_path / "data", logLevel="ERROR")
+    with Kahuna(tmp_path, config, args=("-d",)) as k:
+        urllib3.request("GET", k.api + "/region?token=abc", headers={"X-API-Key": MASTER_KEY})
+        deadline = time.monotonic() + 5
+        while "request method=GET path=/api/v1/region status=200" not in k.new_stderr():
+            assert time.monotonic() < deadline, k.new_stderr()
+            time.sleep(0.05)
+        assert "token=abc" not in k.new_stderr()

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
+from quart import g, request
 from quart_trio import QuartTrio
 
 import kahuna
 from kahuna.api import errors, generic
 from kahuna.api.routes import Authenticator, RouteTable, json_response
+from kahuna.logs import get_logger
 from kahuna.resources.kind import all_kinds
 from kahuna.resources.service import Resources
 
 MAX_BODY = 16 * 1024 * 1024  # cloud-init payloads and large templates' metadata fit
+
+log = get_logger("kahuna.http")
 
 
 def create_app(resources: Resources, authenticate: Authenticator) -> tuple[QuartTrio, RouteTable]:
@@ -21,6 +27,8 @@ def create_app(resources: Resources, authenticate: Authenticator) -> tuple[Quart
     table = RouteTable(app, authenticate)
     generic.install(table, resources, all_kinds())
 
+    _log_requests(app)
+
     @app.get("/healthz")
     async def healthz():
         ok = await resources.store.ping()
@@ -29,3 +37,20 @@ def create_app(resources: Resources, authenticate: Authenticator) -> tuple[Quart
         return json_response(body, 200 if ok else 503)
 
     return app, table
+
+
+def _log_requests(app: QuartTrio) -> None:
+    """At DEBUG, one line per request (method, path, status, duration), as upstream does; the
+    query string is left out since confirmation links carry tokens in it."""
+
+    @app.before_request
+    async def started():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    async def finished(response):
+        if log.isEnabledFor(10):
+            elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+            log.debug("request", method=request.method, path=request.path,
+                      status=response.status_code, ms=round(elapsed, 1))
+        return response
