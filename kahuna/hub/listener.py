@@ -1,20 +1,17 @@
-"""Placeholder hub listener: accepts the WebSocket handshake only to refuse it (403).
+"""The hub listener entry point kept for the server module: `nursery.start(serve, host, port)`.
 
-The agent hub issue replaces this module with the real hub; `serve` keeps this signature.
+It delegates to `Hub.serve`; without a hub it serves one with no credentials, which refuses
+every agent (403), the placeholder's behaviour.
 """
 
 from __future__ import annotations
 
 import trio
-from trio_websocket import WebSocketRequest, WebSocketServer, serve_websocket
+
+from .hub import Hub
 
 
-async def _refuse(request: WebSocketRequest) -> None:
-    await request.reject(403, body=b"agent authentication is not available\n")
-
-
-async def serve(host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve(host: str | None, port: int, *, hub: Hub | None = None,
+                task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
     """Listen on host:port; report the bound (host, port) through `task_status`."""
-    async with trio.open_nursery() as nursery:
-        server: WebSocketServer = await nursery.start(serve_websocket, _refuse, host, port, None)
-        task_status.started((host, server.port))
+    await (hub or Hub()).serve(host, port, task_status=task_status)

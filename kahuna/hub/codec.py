@@ -1,0 +1,80 @@
+"""Frame codec of the agent protocol (sans-I/O): requests out, replies in.
+
+Upstream framing, one JSON document per binary WebSocket frame:
+  request  {"id": <uint64>, "method": "<Type>.<Method>", "params": <object>}
+  reply    {"id": <same>, "result": <any>, "error": null | "<string>"}
+Go's `[]byte` fields travel as base64 strings, so `bytes` values in params are encoded that way.
+Anything else in a reply is a protocol error, reported as `FrameError` with the call id when the
+id itself was readable (so the waiting call fails at once instead of timing out).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, NamedTuple
+
+MAX_ID = 2**64 - 1
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                            default=lambda o: _default(o))
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+class Reply(NamedTuple):
+    id: int
+    result: Any
+    error: str | None
+
+
+class FrameError(ValueError):
+    """An incoming frame that is not a valid reply; `call_id` is set when the id was valid."""
+
+    def __init__(self, reason: str, call_id: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.call_id = call_id
+
+
+def encode_request(call_id: int, method: str, params: Any) -> bytes:
+    """Serialize one request; raises TypeError/ValueError for params JSON cannot carry."""
+    return _encoder.encode({"id": call_id, "method": method, "params": params}).encode()
+
+
+def encode_reply(call_id: int, result: Any, error: str | None) -> bytes:
+    """Serialize one reply (used by the agent SDK and by tests)."""
+    return _encoder.encode({"id": call_id, "result": result, "error": error}).encode()
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def valid_id(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_ID
+
+
+def decode_reply(data: bytes | bytearray) -> Reply:
+    """Parse and validate one reply frame; raises FrameError."""
+    try:
+        doc = json.loads(data, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise FrameError(f"invalid JSON: {exc}") from None
+    if type(doc) is not dict:
+        raise FrameError("reply is not a JSON object")
+    call_id = doc.get("id")
+    if not valid_id(call_id):
+        raise FrameError("reply id is missing or not a uint64")
+    if "method" in doc:
+        raise FrameError("agents may not send requests", call_id=None)
+    error = doc.get("error")
+    if error is not None and type(error) is not str:
+        raise FrameError("reply error is neither null nor a string", call_id=call_id)
+    return Reply(call_id, doc.get("result"), error)

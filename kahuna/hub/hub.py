@@ -1,0 +1,411 @@
+"""The agent hub: listener, handshake, session registry and the call API the rest of Kahuna uses.
+
+    serve()                          reports the bound (host, port) through task_status
+    +-- accept loops                 one per listening socket; EMFILE & co. are survived
+    +-- connection tasks             one per TCP connection:
+        +-- trio-websocket reader    (wsproto bytes -> events; answers pings)
+        +-- handshake                verify headers -> reject(400/403/404) or accept()
+        +-- Session.run()            the session's task tree (see session.py)
+
+Calls (`call`, `pick_agent`, `status`, `disconnect`) are made from the caller's own task; the hub
+keeps no task per call and no queue between callers and sessions.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, wrap_server_stream
+
+from kahuna.logs import get_logger
+
+from .credentials import AGENT_TYPES, CredentialSource
+from .errors import AgentNotConnected, NoEligibleAgent
+from .handshake import HandshakeVerifier, Refusal
+from .registry import Registry
+from .session import CLOSE_CREDENTIALS, CLOSE_GOING_AWAY, CLOSE_REPLACED, Session
+from .settings import HubSettings
+from .stats import HubStats
+
+log = get_logger("kahuna.hub")
+
+ConnectHook = Callable[[str], Awaitable[Any]]
+
+# accept() errors that mean "the process or system is out of something", not "the listener broke"
+_CAPACITY_ERRNOS = {errno.EMFILE: "accept_too_many_files", errno.ENFILE: "accept_too_many_files",
+                    errno.ENOBUFS: "accept_no_buffers", errno.ENOMEM: "accept_no_memory"}
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
+_SHED_BATCH = 64
+_CAPS_CACHE_MAX = 256
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class _OfflineRecord:
+    __slots__ = ("agent_type", "version", "methods", "connected_since", "last_seen",
+                 "remote_address", "disconnected_at")
+
+    def __init__(self, session: Session) -> None:
+        self.agent_type = session.agent_type
+        self.version = session.version
+        self.methods = session.methods
+        self.connected_since = session.connected_since
+        self.last_seen = session.last_seen
+        self.remote_address = session.remote_address
+        self.disconnected_at = time.time()
+
+
+class Hub:
+    def __init__(self, settings: HubSettings | None = None,
+                 credentials: CredentialSource | None = None, *,
+                 rng: random.Random | None = None) -> None:
+        if credentials is None:
+            from .credentials import InMemoryCredentials
+            credentials = InMemoryCredentials()
+        self.settings = settings or HubSettings()
+        self.credentials = credentials
+        self.stats = HubStats()
+        self.registry = Registry()
+        self.verifier = HandshakeVerifier(credentials, path=self.settings.path,
+                                          clock_skew=self.settings.clock_skew,
+                                          nonce_cache_size=self.settings.nonce_cache_size)
+        self._rng = rng or random.Random()
+        self._hooks: dict[str, list[ConnectHook]] = {}
+        self._live: set[Session] = set()          # every upgraded session, registered or not
+        self._offline: dict[str, _OfflineRecord] = {}
+        self._caps_cache: dict[tuple[str, tuple[str, ...]], tuple[str, frozenset[str]]] = {}
+        self._serve_scope: trio.CancelScope | None = None
+        self._accept_scope: trio.CancelScope | None = None
+        self._stopped: trio.Event | None = None
+        self._shutting_down = False
+        self._reserve_fd: int | None = None
+        self._last_accept_log = 0.0
+        self.address: tuple[str, int] | None = None
+
+    # ================================================================= public API
+
+    async def serve(self, host: str | None, port: int, *,
+                    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on host:port until cancelled or `shutdown()`; reports the bound (host, port)."""
+        if self._serve_scope is not None:
+            raise RuntimeError("this hub is already serving")
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=self.settings.backlog)
+        self._shutting_down = False
+        self._stopped = trio.Event()
+        self._reserve_fd = self._open_reserve()
+        try:
+            with trio.CancelScope() as self._serve_scope:
+                async with trio.open_nursery() as connections:
+                    async with trio.open_nursery() as acceptors:
+                        self._accept_scope = acceptors.cancel_scope
+                        for listener in listeners:
+                            acceptors.start_soon(self._accept_loop, listener, connections)
+                        sockname = listeners[0].socket.getsockname()
+                        self.address = (sockname[0], sockname[1])
+                        log.debug("hub listening", address=f"{sockname[0]}:{sockname[1]}",
+                                  path=self.settings.path)
+                        task_status.started(self.address)
+                    # accept loops end only on shutdown(); stop listening while sessions close
+                    for listener in listeners:
+                        await trio.aclose_forcefully(listener)
+        finally:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(listener)
+            if self._reserve_fd is not None:
+                os.close(self._reserve_fd)
+                self._reserve_fd = None
+            self._serve_scope = self._accept_scope = None
+            self._stopped.set()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, close every session with 1001, and wait (bounded) for `serve` to end."""
+        if self._serve_scope is None or self._stopped is None:
+            return
+        self._shutting_down = True
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        for session in list(self._live):
+            session.close(CLOSE_GOING_AWAY, "server shutting down")
+        wait = self.settings.close_timeout + 1.0 if timeout is None else timeout
+        with trio.move_on_after(wait):
+            while self._live:
+                await next(iter(self._live)).wait_ended()
+        if self._serve_scope is not None:
+            self._serve_scope.cancel()   # handshakes still in progress
+        with trio.move_on_after(self.settings.close_timeout):
+            await self._stopped.wait()
+
+    async def call(self, agent_id: str, method: str, params: Any = None,
+                   timeout: float | None = None) -> Any:
+        """Call `method` on the agent's current session and return its result.
+
+        `method` is "Name" (prefixed with the agent's type) or "<Type>.Name". Raises
+        AgentNotConnected, AgentDisconnected, CallTimeout, AgentError (MalformedReply).
+        """
+        session = self.registry.get(agent_id)
+        if session is None:
+            raise AgentNotConnected(agent_id)
+        if "." not in method:
+            method = f"{session.agent_type}.{method}"
+        return await session.call(method, {} if params is None else params,
+                                   self.settings.call_timeout if timeout is None else timeout)
+
+    def pick_agent(self, agent_ids: Iterable[str], method: str) -> str:
+        """Uniformly random among the connected `agent_ids` that advertise `method`."""
+        chosen = self.registry.pick(agent_ids, method, self._rng)
+        if chosen is None:
+            raise NoEligibleAgent()
+        return chosen
+
+    def eligible_agents(self, agent_ids: Iterable[str], method: str) -> list[str]:
+        return self.registry.eligible(agent_ids, method)
+
+    def is_connected(self, agent_id: str) -> bool:
+        return agent_id in self.registry
+
+    def connected_ids(self) -> list[str]:
+        return self.registry.ids()
+
+    def status(self, agent_id: str) -> dict[str, Any] | None:
+        """What we know of an agent: live session details, or its last session's; None if never seen."""
+        session = self.registry.get(agent_id)
+        if session is not None:
+            return {"connected": True, "agent_type": session.agent_type,
+                    "version": session.version, "methods": sorted(session.methods),
+                    "connected_since": _utc(session.connected_since),
+                    "last_seen": _utc(session.last_seen),
+                    "remote_address": session.remote_address}
+        record = self._offline.get(agent_id)
+        if record is None:
+            return None
+        return {"connected": False, "agent_type": record.agent_type, "version": record.version,
+                "methods": sorted(record.methods), "connected_since": _utc(record.connected_since),
+                "last_seen": _utc(record.last_seen), "remote_address": record.remote_address,
+                "disconnected_at": _utc(record.disconnected_at)}
+
+    def forget(self, agent_id: str) -> None:
+        """Drop what is remembered of an agent's last session (e.g. the agent was deleted)."""
+        self._offline.pop(agent_id, None)
+
+    async def disconnect(self, agent_id: str, code: int = CLOSE_REPLACED,
+                         reason: str = "disconnected by server") -> bool:
+        """Close every session of the agent (e.g. its key was rotated); True if there was one.
+
+        The registry entry goes at once, so no call is routed to the closing session; sessions
+        still in their Capabilities call are closed too.
+        """
+        victims = [s for s in self._live if s.agent_id == agent_id]
+        for session in victims:
+            self.registry.unregister(session)
+            session.close(code, reason)
+            self.stats.disconnects += 1
+        with trio.move_on_after(self.settings.close_timeout + 1.0):
+            for session in victims:
+                await session.wait_ended()
+        return bool(victims)
+
+    def on_connect(self, agent_type: str, hook: ConnectHook) -> Callable[[], None]:
+        """Run `await hook(agent_id)` in every new session of `agent_type` once it is registered.
+
+        Hooks run inside the session's task tree (cancelled when it ends); an exception is logged
+        and counted, never fatal. Returns a function that removes the hook.
+        """
+        if agent_type not in AGENT_TYPES:
+            raise ValueError(f"unknown agent type {agent_type!r}")
+        hooks = self._hooks.setdefault(agent_type, [])
+        hooks.append(hook)
+
+        def remove() -> None:
+            if hook in hooks:
+                hooks.remove(hook)
+        return remove
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        out = self.stats.snapshot()
+        out["registered"] = len(self.registry)
+        out["nonces"] = len(self.verifier.nonces)
+        return out
+
+    # ================================================================= session callbacks
+
+    def _hooks_for(self, agent_type: str) -> list[ConnectHook]:
+        return list(self._hooks.get(agent_type, ()))
+
+    def _intern_capabilities(self, caps: Any) -> tuple[str, frozenset[str]]:
+        """Validate a Capabilities reply; identical replies share one frozenset (memory per session)."""
+        if type(caps) is not dict:
+            raise ValueError("Capabilities reply is not an object")
+        version, methods = caps.get("Version"), caps.get("Methods")
+        if methods is None:
+            methods = []
+        if type(version) is not str or len(version) > 64:
+            raise ValueError("Capabilities Version is not a short string")
+        if (type(methods) is not list or len(methods) > self.settings.max_methods
+                or not all(type(m) is str and 0 < len(m) <= 128 for m in methods)):
+            raise ValueError("Capabilities Methods is not a list of method names")
+        key = (version, tuple(sorted(set(methods))))
+        cached = self._caps_cache.get(key)
+        if cached is None:
+            cached = (sys.intern(version), frozenset(sys.intern(m) for m in key[1]))
+            if len(self._caps_cache) < _CAPS_CACHE_MAX:
+                self._caps_cache[key] = cached
+        return cached
+
+    def _session_ready(self, session: Session) -> bool:
+        """Capabilities passed: make it the agent's session (closing any older one)."""
+        if self._shutting_down:
+            session.close(CLOSE_GOING_AWAY, "server shutting down")
+            return False
+        if self.credentials.lookup(session.agent_id) != session.credential:
+            self.stats.reject("credential_changed")
+            session.close(CLOSE_CREDENTIALS, "credentials changed")
+            return False
+        old = self.registry.register(session)
+        session.registered = True
+        self.stats.registrations += 1
+        self._offline.pop(session.agent_id, None)
+        if old is not None:
+            self.stats.replaced += 1
+            old.close(CLOSE_REPLACED, "replaced by a new session")
+            log.info("agent session replaced", **session._fields(), old_remote=old.remote_address)
+        else:
+            log.info("agent registered", **session._fields(), version=session.version,
+                     methods=len(session.methods))
+        return True
+
+    def _session_ended(self, session: Session) -> None:
+        self._live.discard(session)
+        if self.registry.unregister(session):
+            self._offline[session.agent_id] = _OfflineRecord(session)
+            log.info("agent disconnected", **session._fields(), reason=session._end_reason())
+
+    # ================================================================= connections
+
+    def _open_reserve(self) -> int | None:
+        try:
+            return os.open(os.devnull, os.O_RDONLY)
+        except OSError:
+            return None
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                reason = _CAPACITY_ERRNOS.get(exc.errno)
+                if reason is None:
+                    raise
+                self.stats.reject(reason)
+                shed = await self._shed(listener)
+                now = time.monotonic()
+                if now - self._last_accept_log >= 5.0:
+                    self._last_accept_log = now
+                    log.error("hub accept failed", error=os.strerror(exc.errno), refused_503=shed,
+                              retry_in=self.settings.accept_retry_delay)
+                await trio.sleep(self.settings.accept_retry_delay)
+                continue
+            nursery.start_soon(self._handle_connection, stream)
+
+    async def _shed(self, listener: trio.SocketListener) -> int:
+        """Out of descriptors: answer waiting connections with 503 instead of leaving them hanging.
+
+        A descriptor is kept in reserve for this: release it, accept one connection, answer,
+        close, take the reserve back (the classic libev/nginx trick).
+        """
+        shed = 0
+        while shed < _SHED_BATCH and self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
+            sock = None
+            try:
+                with trio.move_on_after(0.005):
+                    sock, _ = await listener.socket.accept()
+                if sock is None:
+                    break
+                with trio.move_on_after(0.05):
+                    await sock.send(_BUSY_RESPONSE)
+                shed += 1
+                self.stats.reject("refused_busy")
+            except OSError:
+                break
+            finally:
+                if sock is not None:
+                    sock.close()
+                self._reserve_fd = self._open_reserve()
+        return shed
+
+    def _remote_address(self, stream: trio.SocketStream, headers: list[tuple[bytes, bytes]]) -> str:
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            return "unknown"
+        host, port = peer[0], peer[1]
+        if host in self.settings.trusted_proxies:
+            for name, value in headers:
+                if name.lower() == b"x-forwarded-for":
+                    forwarded = value.decode("latin-1").split(",")[-1].strip()
+                    if forwarded:
+                        return forwarded
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def _handshake(self, nursery: trio.Nursery, stream: trio.SocketStream) -> Session | None:
+        """Read the upgrade request and answer it: a Session when accepted, else None."""
+        settings, stats = self.settings, self.stats
+        with trio.move_on_after(settings.handshake_timeout):
+            try:
+                request = await wrap_server_stream(
+                    nursery, stream, message_queue_size=settings.message_queue_size,
+                    max_message_size=settings.max_message_size,
+                    receive_buffer_size=settings.receive_buffer_size)
+                verdict = self.verifier.verify(request.path, request.headers)
+                if isinstance(verdict, Refusal):
+                    stats.reject(verdict.reason)
+                    log.debug("agent handshake refused", status=verdict.status, reason=verdict.reason)
+                    await request.reject(verdict.status, body=verdict.body)
+                    return None
+                if self._shutting_down:
+                    stats.reject("shutting_down")
+                    await request.reject(503, body=b"shutting down\n")
+                    return None
+                remote = self._remote_address(stream, request.headers)
+                ws = await request.accept()
+                return Session(self, ws, verdict, remote)
+            except ConnectionClosed:
+                stats.reject("closed_during_handshake")
+                return None
+        stats.reject("handshake_timeout")
+        return None
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        stats = self.stats
+        stats.connections += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                session = await self._handshake(nursery, stream)
+                if session is not None:
+                    self._live.add(session)
+                    stats.sessions += 1
+                    try:
+                        await session.run()
+                    finally:
+                        stats.sessions -= 1
+                nursery.cancel_scope.cancel()
+        except Exception:
+            # A bug or an unexpected input must cost one connection, never the hub.
+            stats.reject("internal_error")
+            log.exception("agent connection failed")
+        finally:
+            stats.connections -= 1
+            await trio.aclose_forcefully(stream)

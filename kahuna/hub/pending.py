@@ -1,0 +1,109 @@
+"""The pending-call table of one session (sans-I/O apart from trio.Event as the wake-up).
+
+Ids are allocated from a per-session counter and never reused within the session, so a reply that
+arrives after its call gave up (deadline, caller cancelled) finds no entry and is dropped: it can
+never be taken for the answer to a later call (upstream's late-reply quirk). When the session
+ends, `fail_all` wakes every waiter at once with the same exception, and later `open` calls fail
+immediately with it. Exceptions are made by a factory, one instance per waiter: an exception
+object raised in several tasks at once would share (and garble) one traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .codec import MAX_ID
+
+
+class Resolution(enum.Enum):
+    DELIVERED = "delivered"
+    STALE = "stale"        # an id we issued whose call is no longer waiting (timed out, cancelled)
+    UNKNOWN = "unknown"    # an id this session never issued
+
+
+class PendingCall:
+    """One call waiting for its reply; exactly one of (result/error) or exc is meaningful once done."""
+
+    __slots__ = ("id", "method", "event", "done", "result", "error", "exc")
+
+    def __init__(self, call_id: int, method: str) -> None:
+        self.id = call_id
+        self.method = method
+        self.event = trio.Event()
+        self.done = False
+        self.result: Any = None
+        self.error: str | None = None
+        self.exc: BaseException | None = None
+
+
+class PendingCalls:
+    __slots__ = ("_next_id", "_issued", "_calls", "_closed_by")
+
+    def __init__(self, first_id: int = 0) -> None:
+        self._next_id = first_id
+        self._issued = 0          # how many ids were handed out (wrap-around safe "ever issued" test)
+        self._calls: dict[int, PendingCall] = {}
+        self._closed_by: Callable[[], BaseException] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_by is not None
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._calls
+
+    def open(self, method: str) -> PendingCall:
+        """Allocate an id and register a waiter; raises the closing exception after fail_all."""
+        if self._closed_by is not None:
+            raise self._closed_by()
+        call_id = self._next_id
+        self._next_id = 0 if call_id == MAX_ID else call_id + 1
+        self._issued += 1
+        call = PendingCall(call_id, method)
+        self._calls[call_id] = call
+        return call
+
+    def _was_issued(self, call_id: int) -> bool:
+        if self._issued > MAX_ID:
+            return True
+        start = (self._next_id - self._issued) % (MAX_ID + 1)
+        return (call_id - start) % (MAX_ID + 1) < self._issued
+
+    def resolve(self, call_id: int, result: Any, error: str | None) -> Resolution:
+        """Hand a reply to its waiter; a reply for no waiting call is reported, never delivered."""
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return Resolution.STALE if self._was_issued(call_id) else Resolution.UNKNOWN
+        call.result, call.error, call.done = result, error, True
+        call.event.set()
+        return Resolution.DELIVERED
+
+    def fail(self, call_id: int, exc: BaseException) -> bool:
+        """Fail one waiting call (e.g. its reply was malformed); False when nobody waits on it."""
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return False
+        call.exc, call.done = exc, True
+        call.event.set()
+        return True
+
+    def discard(self, call_id: int) -> None:
+        """Forget a call whose caller stopped waiting; a later reply will count as stale."""
+        self._calls.pop(call_id, None)
+
+    def fail_all(self, make_exc: Callable[[], BaseException]) -> int:
+        """Fail every waiting call with `make_exc()` and refuse new ones; returns how many failed."""
+        if self._closed_by is None:
+            self._closed_by = make_exc
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            call.exc, call.done = make_exc(), True
+            call.event.set()
+        return len(calls)

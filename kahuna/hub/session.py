@@ -1,0 +1,270 @@
+"""One agent session: a small task tree that only moves bytes and waits.
+
+    session.run()                the connection's task, and the session's reader: it drains
+    |                            every frame at once (so trio-websocket keeps answering pings
+    |                            under load) and resolves pending calls by id
+    +-- _heartbeat               ping every ping_interval; no pong within pong_timeout -> end
+    +-- _start                   <Type>.Capabilities, then registration, then the connect hooks
+        +-- hooks                each in its own task; failures are logged, never fatal
+    calls                        run in the caller's task: send the frame, wait on the call's
+                                 event with the caller's deadline
+
+Whatever ends the session (peer close, oversized frame, heartbeat loss, replacement, disconnect,
+shutdown), the `finally` of `run` fails every pending call at once, leaves the registry (only if
+still the agent's current session) and sends the close frame.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from kahuna.logs import get_logger
+
+from .codec import FrameError, decode_reply, encode_request
+from .errors import AgentDisconnected, AgentError, CallTimeout, HubError, MalformedReply
+from .handshake import Identity
+from .pending import PendingCalls, Resolution
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = get_logger("kahuna.hub")
+
+# Close codes we send (4000-4999 are private-use; upstream has none of its own).
+CLOSE_GOING_AWAY = 1001        # server shutdown
+CLOSE_POLICY = 1008            # Capabilities failed
+CLOSE_INTERNAL = 1011          # heartbeat lost, send timed out
+CLOSE_REPLACED = 4000          # a newer session of the same agent took over; also disconnect()
+CLOSE_CREDENTIALS = 4001       # the credential changed while the session was starting
+
+# Abrupt ends (heartbeat loss, a send cut mid-frame) skip the close handshake: waiting for a peer
+# that does not answer, or writing after half a frame, helps nobody.
+_WARN_TEXT, _WARN_MALFORMED, _WARN_UNKNOWN = 1, 2, 4
+
+
+class Session:
+    __slots__ = ("hub", "ws", "agent_id", "agent_type", "credential", "remote_address", "pending",
+                 "version", "methods", "connected_since", "last_seen", "registered",
+                 "_scope", "_close_code", "_close_reason", "_abort", "_done", "_ended", "_warned")
+
+    def __init__(self, hub: Hub, ws: WebSocketConnection, identity: Identity,
+                 remote_address: str) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.agent_id = identity.agent_id
+        self.agent_type = identity.agent_type
+        self.credential = identity.credential
+        self.remote_address = remote_address
+        self.pending = PendingCalls()
+        self.version: str | None = None
+        self.methods: frozenset[str] = frozenset()
+        self.connected_since = self.last_seen = time.time()
+        self.registered = False
+        self._scope: trio.CancelScope | None = None
+        self._close_code: int | None = None
+        self._close_reason: str | None = None
+        self._abort = False
+        self._done = False
+        self._ended: trio.Event | None = None
+        self._warned = 0
+
+    def __repr__(self) -> str:
+        return f"<Session {self.agent_type} {self.agent_id} from {self.remote_address}>"
+
+    # ------------------------------------------------------------------ queries
+
+    def supports(self, method: str) -> bool:
+        """True if Capabilities advertised `method` ("Name" or "<Type>.Name" of our type)."""
+        prefix, dot, name = method.rpartition(".")
+        if dot and prefix != self.agent_type:
+            return False
+        return name in self.methods
+
+    @property
+    def ended(self) -> bool:
+        return self._done
+
+    # ------------------------------------------------------------------ control
+
+    def close(self, code: int, reason: str, *, abort: bool = False) -> None:
+        """Ask the session to end (idempotent: the first code and reason win)."""
+        if self._close_code is None:
+            self._close_code, self._close_reason, self._abort = code, reason, abort
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def wait_ended(self) -> None:
+        if self._done:
+            return
+        if self._ended is None:
+            self._ended = trio.Event()
+        await self._ended.wait()
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(self, method: str, params: Any, timeout: float) -> Any:
+        """Send one request and wait for its reply; raises the errors of `kahuna.hub.errors`."""
+        stats = self.hub.stats
+        call = self.pending.open(method)
+        try:
+            frame = encode_request(call.id, method, params)
+            deadline = trio.current_time() + timeout
+            stats.calls += 1
+            # Shielded: a caller cancelled half-way through a frame would leave the stream
+            # corrupt for every other call. The call's own deadline still applies.
+            with trio.CancelScope(shield=True, deadline=deadline) as send_scope:
+                try:
+                    await self.ws.send_message(frame)
+                except ConnectionClosed:
+                    raise AgentDisconnected(self.agent_id, self._end_reason()) from None
+            if send_scope.cancelled_caught:
+                stats.call_timeouts += 1
+                self.close(CLOSE_INTERNAL, "send timed out", abort=True)
+                raise CallTimeout(self.agent_id, method, timeout)
+            with trio.move_on_at(deadline):
+                await call.event.wait()
+            if not call.done:
+                stats.call_timeouts += 1
+                raise CallTimeout(self.agent_id, method, timeout)
+        finally:
+            self.pending.discard(call.id)
+        if call.exc is not None:
+            raise call.exc
+        if call.error is not None:
+            stats.call_errors += 1
+            raise AgentError(call.error, agent_id=self.agent_id, method=method)
+        return call.result
+
+    # ------------------------------------------------------------------ task tree
+
+    async def run(self) -> None:
+        """The session's whole life; returns when it has ended and the close frame is sent."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if self._close_code is not None:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._start, nursery)
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._done = True
+            reason = self._end_reason()
+            self.pending.fail_all(lambda: AgentDisconnected(self.agent_id, reason))
+            self.hub._session_ended(self)
+            if self._ended is not None:
+                self._ended.set()
+            await self._send_close()
+
+    def _end_reason(self) -> str:
+        if self._close_reason is not None:
+            return self._close_reason
+        closed = self.ws.closed
+        if closed is not None:
+            return f"connection closed ({closed.code})"
+        return "session ended"
+
+    async def _send_close(self) -> None:
+        ws = self.ws
+        if self._abort or ws.closed is not None:
+            return
+        if self._close_code is None:
+            # Cancelled from outside (the hub's nursery is going away): our frame reader is
+            # cancelled too, so only send the close frame, do not wait for the answer.
+            code, reason, wait = CLOSE_GOING_AWAY, "server shutting down", 0.2
+        else:
+            code, reason, wait = self._close_code, self._close_reason, self.hub.settings.close_timeout
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + wait):
+            try:
+                await ws.aclose(code, reason)
+            except Exception as exc:  # the stream is torn down by our caller either way
+                log.debug("agent close failed", **self._fields(), error=repr(exc))
+
+    async def _read_loop(self) -> None:
+        ws, pending, stats = self.ws, self.pending, self.hub.stats
+        while True:
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed:
+                return
+            self.last_seen = time.time()
+            if type(message) is str:
+                stats.text_frames += 1
+                self._warn_once(_WARN_TEXT, "agent text frame ignored")
+                continue
+            try:
+                reply = decode_reply(message)
+            except FrameError as exc:
+                stats.malformed_frames += 1
+                if exc.call_id is not None:
+                    pending.fail(exc.call_id, MalformedReply(
+                        f"malformed reply: {exc.reason}", agent_id=self.agent_id))
+                self._warn_once(_WARN_MALFORMED, "agent frame malformed", reason=exc.reason)
+                continue
+            outcome = pending.resolve(reply.id, reply.result, reply.error)
+            if outcome is Resolution.STALE:
+                stats.stale_replies += 1
+                log.debug("agent late reply dropped", **self._fields(), call_id=reply.id)
+            elif outcome is Resolution.UNKNOWN:
+                stats.unknown_replies += 1
+                self._warn_once(_WARN_UNKNOWN, "agent reply to unknown call", call_id=reply.id)
+
+    def _fields(self) -> dict[str, str]:
+        return {"agent_id": self.agent_id, "agent_type": self.agent_type,
+                "remote": self.remote_address}
+
+    def _warn_once(self, bit: int, event: str, **fields: object) -> None:
+        """Warn on the first occurrence per session; the counters keep the totals."""
+        if self._warned & bit:
+            log.debug(event, **self._fields(), **fields)
+        else:
+            self._warned |= bit
+            log.warning(event, **self._fields(), **fields)
+
+    async def _heartbeat(self) -> None:
+        settings, ws = self.hub.settings, self.ws
+        while True:
+            await trio.sleep(settings.ping_interval)
+            with trio.move_on_after(settings.pong_timeout) as waiting:
+                try:
+                    await ws.ping()
+                except ConnectionClosed:
+                    return
+            if waiting.cancelled_caught:
+                self.hub.stats.heartbeat_timeouts += 1
+                log.info("agent heartbeat lost", **self._fields(), pong_timeout=settings.pong_timeout)
+                self.close(CLOSE_INTERNAL, "heartbeat timeout", abort=True)
+                return
+            self.last_seen = time.time()
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        hub = self.hub
+        try:
+            caps = await self.call(f"{self.agent_type}.Capabilities", {},
+                                   hub.settings.capabilities_timeout)
+            self.version, self.methods = hub._intern_capabilities(caps)
+        except AgentDisconnected:
+            return
+        except (HubError, ValueError) as exc:
+            hub.stats.reject("capabilities_failed")
+            log.warning("agent capabilities failed", **self._fields(), error=str(exc))
+            self.close(CLOSE_POLICY, "capabilities failed")
+            return
+        if not hub._session_ready(self):
+            return
+        for hook in hub._hooks_for(self.agent_type):
+            nursery.start_soon(self._run_hook, hook)
+
+    async def _run_hook(self, hook: Callable[[str], Awaitable[Any]]) -> None:
+        try:
+            await hook(self.agent_id)
+        except Exception:
+            self.hub.stats.hook_failures += 1
+            log.exception("agent connect hook failed", **self._fields(),
+                          hook=getattr(hook, "__qualname__", repr(hook)))
