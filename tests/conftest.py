@@ -6,6 +6,7 @@ import kowabunga
 import pytest
 
 from tests.kahuna_proc import MASTER_KEY, Kahuna, write_config
+from tests.nx_server import nx_server
 
 
 @pytest.fixture(scope="module")
@@ -15,6 +16,23 @@ def kahuna(tmp_path_factory):
     config = write_config(work / "kahuna.yml", work / "data")
     with Kahuna(work, config) as k:
         yield k
+
+
+@pytest.fixture(scope="module", params=["embedded", "mongo"])
+def kahuna_on_each_store(request, tmp_path_factory):
+    """One Kahuna per test module and store backend: embedded, then MongoDB over real TCP
+    (an nx-27017 wire server). Modules opt in with `kahuna = kahuna_on_each_store`."""
+    work = tmp_path_factory.mktemp(f"kahuna-{request.param}")
+    if request.param == "embedded":
+        config = write_config(work / "kahuna.yml", work / "data")
+        with Kahuna(work, config) as k:
+            yield k
+        return
+    with nx_server() as nx:
+        config = write_config(work / "kahuna.yml", work / "data",
+                              db={"uri": nx.uri, "name": "kahuna_test"})
+        with Kahuna(work, config) as k:
+            yield k
 
 
 def make_client(kahuna: Kahuna, *, api_key: str | None = MASTER_KEY, token: str | None = None):

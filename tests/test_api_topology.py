@@ -14,6 +14,12 @@ from kowabunga.exceptions import (BadRequestException, ConflictException, NotFou
 from tests.conftest import make_client
 
 
+@pytest.fixture(scope="module")
+def kahuna(kahuna_on_each_store):
+    """Every test here runs against the embedded store and against MongoDB."""
+    return kahuna_on_each_store
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

@@ -93,3 +93,23 @@ def test_debug_flag_forces_debug_logs(tmp_path):
             assert time.monotonic() < deadline, k.new_stderr()
             time.sleep(0.05)
         assert "token=abc" not in k.new_stderr()
+
+
+def test_healthz_503_and_json_errors_when_the_database_goes_away(tmp_path):
+    from tests.nx_server import nx_server
+
+    with nx_server() as nx:
+        config = write_config(tmp_path / "k.yml", tmp_path / "data", db={"uri": nx.uri, "name": "kh"})
+        with Kahuna(tmp_path, config) as k:
+            assert urllib3.request("GET", k.url + "/healthz").status == 200
+            nx.stop()
+            started = time.monotonic()
+            resp = urllib3.request("GET", k.url + "/healthz", timeout=30)
+            body = json.loads(resp.data)
+            assert resp.status == 503 and body["store"] == "unreachable"
+            assert time.monotonic() - started < 10
+            resp = urllib3.request("POST", k.api + "/region", timeout=30, body=json.dumps(
+                {"name": "r", "domain": "d"}), headers={"X-API-Key": MASTER_KEY})
+            body = json.loads(resp.data)
+            assert resp.status == 503 and set(body) == {"status", "error", "reason"}
+            assert "Traceback" not in resp.data.decode()
