@@ -8,11 +8,18 @@ blocking driver in `trio.to_thread.run_sync` under a `CapacityLimiter`.
 Filters are deliberately tiny, so that the embedded and the mongo backends mean the same thing:
 `{field: value}` is equality (a dotted field reaches into a sub-document) and
 `{field: {"$in": [v, ...]}}` is membership. Anything else raises ValueError.
+
+Compared values are scalars (str, int, float, bool, None) with MongoDB's meaning: `True` never
+equals `1`, `1` equals `1.0`, and `None` matches both an explicit null and a missing field.
+Equality against array-valued fields is not part of the contract (MongoDB would match an element;
+the embedded backend would not). The checks below are shared by every backend so that both
+refuse exactly the same filters, sorts and updates.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -29,6 +36,86 @@ class Index:
     name: str
     fields: tuple[str, ...]
     unique: bool = False
+
+
+# Field paths and collection names end up inside SQL text in the embedded backend (an expression
+# index is only used when the query spells the same expression, so they cannot be parameters):
+# keep them to plain identifiers.
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_FIELD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One validated filter term: `field` equals one of `values` (one value unless from `$in`)."""
+
+    field: str
+    values: tuple[Any, ...]
+    is_in: bool = False
+
+
+def check_collection(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.lower().startswith("sqlite_"):
+        raise ValueError(f"invalid collection name {name!r}")
+    return name
+
+
+def check_field(path: str) -> str:
+    if not isinstance(path, str) or not _FIELD_RE.match(path):
+        raise ValueError(f"invalid field path {path!r}")
+    return path
+
+
+def parse_filter(filter: Filter | None) -> list[Condition]:
+    """Validate a filter (see the module docstring) into conditions; ValueError otherwise."""
+    conditions = []
+    for field, value in (filter or {}).items():
+        check_field(field)
+        if isinstance(value, Mapping):
+            if set(value) != {"$in"} or isinstance(value["$in"], (str, bytes, Mapping)):
+                raise ValueError(f"unsupported filter on {field!r}: {value!r}")
+            values, is_in = tuple(value["$in"]), True
+        else:
+            values, is_in = (value,), False
+        for v in values:
+            if not isinstance(v, _SCALARS):
+                raise ValueError(f"unsupported filter value on {field!r}: {v!r}")
+        conditions.append(Condition(field, values, is_in))
+    return conditions
+
+
+def parse_sort(sort: str | None) -> tuple[str, bool] | None:
+    """`"field"` / `"-field"` -> (field, descending)."""
+    if sort is None:
+        return None
+    descending = sort.startswith("-")
+    return check_field(sort[1:] if descending else sort), descending
+
+
+def check_limit(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int, not {limit!r}")
+    return limit
+
+
+def check_index(index: Index) -> Index:
+    """Index names are identifiers too (the embedded backend spells them in SQL)."""
+    if not isinstance(index.name, str) or not _NAME_RE.match(index.name) or not index.fields:
+        raise ValueError(f"invalid index {index!r}")
+    for f in index.fields:
+        check_field(f)
+    return index
+
+
+def check_update(fields: Mapping[str, Any]) -> None:
+    """Refuse `_id` and overlapping paths (`a` with `a.b`): MongoDB rejects them, so we all do."""
+    paths = [check_field(f) for f in fields]
+    for p in paths:
+        if p == "_id" or p.startswith("_id."):
+            raise ValueError("_id cannot be updated")
+        if any(q != p and q.startswith(p + ".") for q in paths):
+            raise ValueError(f"conflicting update paths under {p!r}")
 
 
 def new_id() -> str:
