@@ -1,0 +1,44 @@
+"""Agent routes beyond generic CRUD: key rotation (as the official client sends it) and live
+status (our extension: `GET /agent/{agentId}/status`)."""
+
+from __future__ import annotations
+
+from quart import request
+
+from kahuna.api.routes import RouteTable, json_response
+from kahuna.auth import apikeys
+from kahuna.orchestrator.agent_keys import AgentKeys
+from kahuna.resources.errors import Invalid
+from kahuna.resources.service import Resources, to_api
+
+OFFLINE = {"connected": False, "version": None, "methods": [], "connected_since": None,
+           "last_seen": None, "remote_address": None}
+
+
+def query_bool(name: str, default: bool = False) -> bool:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise Invalid(f"{name}: expected true or false, got {raw!r}")
+
+
+def install(table: RouteTable, resources: Resources, keys: AgentKeys, hub) -> None:
+    async def set_token(principal, agentId):
+        expire = query_bool("expire")
+        expiration = apikeys.parse_expiration(expire, request.args.get("expirationDate"))
+        token, _key = await keys.issue(agentId, expire=expire, expiration_date=expiration)
+        return json_response(to_api("token", token))
+
+    async def status(principal, agentId):
+        await resources.get("agent", agentId)
+        live = hub.status(agentId) if hub is not None else None
+        body = {**OFFLINE, **(live or {})}
+        body["methods"] = sorted(body.get("methods") or [])
+        return json_response(body)
+
+    table.add("/agent/{agentId}/token", "PATCH", "admin", set_token, name="set_agent_api_token")
+    table.add("/agent/{agentId}/status", "GET", "admin", status, name="read_agent_status")

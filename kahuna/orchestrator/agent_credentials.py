@@ -1,0 +1,101 @@
+"""The hub's credential source, backed by the `agent` and `token` collections.
+
+The hub asks `lookup(agent_id)` synchronously on every handshake: a reconnect storm of 10,000
+agents must cost no database round trip. So every agent key is unsealed once into memory:
+- at start (`load_all`: two queries, whatever the fleet size);
+- on every change made through this process (`refresh(agent_id)`, called by the agent routes
+  after creation, key rotation and deletion);
+- when another process changed them (the admin CLI writes keys while the daemon runs): writers
+  bump a marker document, and `watch` reloads everything when the marker moves.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import trio
+
+from kahuna.auth import apikeys
+from kahuna.hub.credentials import AgentCredential, InMemoryCredentials
+from kahuna.logs import get_logger
+from kahuna.resources.service import Resources
+from kahuna.store.base import new_id
+from kahuna.store.errors import Conflict
+
+log = get_logger("kahuna.agents")
+
+STATE_COLLECTION = "kahuna_state"
+MARKER_ID = "000000000000000000000a9e"  # fixed id of the "agent credentials changed" marker
+
+
+class StoredAgentCredentials(InMemoryCredentials):
+    def __init__(self, resources: Resources, server_secret: str) -> None:
+        super().__init__()
+        self.resources = resources
+        self.server_secret = server_secret
+        self._marker: str | None = None
+
+    def _credential(self, agent: dict, token: dict) -> AgentCredential | None:
+        try:
+            key = apikeys.agent_key(self.server_secret, token)
+        except ValueError:
+            # sealed under another server secret (or tampered with): this key cannot be checked
+            log.warning("agent key does not open with this server secret", agent=agent["_id"])
+            return None
+        expires: datetime | None = apikeys.expires_at(token)
+        return AgentCredential(agent["_id"], agent["type"], key, expires)
+
+    async def load_all(self) -> int:
+        store = self.resources.store
+        self._marker = await self._read_marker()
+        agents = {a["_id"]: a for a in await store.find("agent")}
+        fresh = {}
+        for token in await store.find(apikeys.TOKEN_KIND, {"parent_type": "agent"}):
+            agent = agents.get(token.get("agent_id"))
+            cred = agent and self._credential(agent, token)
+            if cred:
+                fresh[cred.agent_id] = cred
+        self._by_id = fresh
+        log.info("agent credentials loaded", agents=len(agents), keys=len(fresh))
+        return len(fresh)
+
+    async def refresh(self, agent_id: str) -> None:
+        """Re-read one agent's credential after this process changed it; tell other processes."""
+        store = self.resources.store
+        agents = await store.find("agent", {"_id": agent_id})
+        token = await apikeys.token_of(self.resources, "agent", agent_id) if agents else None
+        cred = self._credential(agents[0], token) if token else None
+        if cred:
+            self.put(cred)
+        else:
+            self.remove(agent_id)
+        await self.bump_marker()
+
+    async def bump_marker(self) -> None:
+        store = self.resources.store
+        self._marker = new_id()
+        doc = {"_id": MARKER_ID, "agent_credentials": self._marker}
+        if await store.find(STATE_COLLECTION, {"_id": MARKER_ID}):
+            await store.replace(STATE_COLLECTION, doc)
+        else:
+            try:
+                await store.insert(STATE_COLLECTION, doc)
+            except Conflict:  # created meanwhile by another process
+                await store.replace(STATE_COLLECTION, doc)
+
+    async def _read_marker(self) -> str | None:
+        # `find`, not `get`: the id cache would hide another process's write
+        docs = await self.resources.store.find(STATE_COLLECTION, {"_id": MARKER_ID})
+        return docs[0].get("agent_credentials") if docs else None
+
+    async def watch(self, interval: float = 2.0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Reload when another process moved the marker; one indexed read per interval."""
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            try:
+                marker = await self._read_marker()
+                if marker != self._marker:
+                    await self.load_all()
+            except Exception as exc:  # the database may be briefly away: keep what we have
+                log.warning("agent credentials refresh failed", error=str(exc))
