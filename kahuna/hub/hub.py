@@ -286,7 +286,6 @@ class Hub:
         return True
 
     def _session_ended(self, session: Session) -> None:
-        self._live.discard(session)
         if self.registry.unregister(session):
             self._offline[session.agent_id] = _OfflineRecord(session)
             log.info("agent disconnected", **session._fields(), reason=session._end_reason())
@@ -400,6 +399,7 @@ class Hub:
                     try:
                         await session.run()
                     finally:
+                        self._live.discard(session)
                         stats.sessions -= 1
                 nursery.cancel_scope.cancel()
         except Exception:

@@ -50,7 +50,8 @@ _WARN_TEXT, _WARN_MALFORMED, _WARN_UNKNOWN = 1, 2, 4
 class Session:
     __slots__ = ("hub", "ws", "agent_id", "agent_type", "credential", "remote_address", "pending",
                  "version", "methods", "connected_since", "last_seen", "registered",
-                 "_scope", "_close_code", "_close_reason", "_abort", "_done", "_ended", "_warned")
+                 "_scope", "_close_code", "_close_reason", "_abort", "_done", "_finished", "_ended",
+                 "_warned")
 
     def __init__(self, hub: Hub, ws: WebSocketConnection, identity: Identity,
                  remote_address: str) -> None:
@@ -69,7 +70,8 @@ class Session:
         self._close_code: int | None = None
         self._close_reason: str | None = None
         self._abort = False
-        self._done = False
+        self._done = False          # no more calls: pending ones failed, registry left
+        self._finished = False      # and the close frame is sent: the connection can go
         self._ended: trio.Event | None = None
         self._warned = 0
 
@@ -99,7 +101,8 @@ class Session:
             self._scope.cancel()
 
     async def wait_ended(self) -> None:
-        if self._done:
+        """Wait until the session is over, close frame exchanged (bounded by close_timeout)."""
+        if self._finished:
             return
         if self._ended is None:
             self._ended = trio.Event()
@@ -158,9 +161,12 @@ class Session:
             reason = self._end_reason()
             self.pending.fail_all(lambda: AgentDisconnected(self.agent_id, reason))
             self.hub._session_ended(self)
-            if self._ended is not None:
-                self._ended.set()
-            await self._send_close()
+            try:
+                await self._send_close()
+            finally:
+                self._finished = True
+                if self._ended is not None:
+                    self._ended.set()
 
     def _end_reason(self) -> str:
         if self._close_reason is not None:

@@ -98,7 +98,8 @@ class RawAgent:
                                                    else b"".join(parts))
                             self._tx.send_nowait(joined)
                     elif isinstance(event, CloseConnection):
-                        self.close_code = event.code
+                        if self.close_code is None:     # EOF after a close frame adds a 1006
+                            self.close_code = int(event.code)
                         if self.ws.state == ConnectionState.REMOTE_CLOSING:
                             await self._send(event.response())
                         self.closed.set()
