@@ -183,7 +183,7 @@ class Session:
         if self._close_code is None:
             # Cancelled from outside (the hub's nursery is going away): our frame reader is
             # cancelled too, so only send the close frame, do not wait for the answer.
-            code, reason, wait = CLOSE_GOING_AWAY, "server shutting down", 0.2
+            code, reason, wait = CLOSE_GOING_AWAY, "server shutting down", 0.05
         else:
             code, reason, wait = self._close_code, self._close_reason, self.hub.settings.close_timeout
         with trio.CancelScope(shield=True, deadline=trio.current_time() + wait):
