@@ -333,6 +333,10 @@ class Hub:
                     sock, _ = await listener.socket.accept()
                 if sock is None:
                     break
+                # read the request first: closing with unread bytes sends an RST that can
+                # destroy the answer before the client reads it
+                with trio.move_on_after(0.01):
+                    await sock.recv(65536)
                 with trio.move_on_after(0.05):
                     await sock.send(_BUSY_RESPONSE)
                 shed += 1
