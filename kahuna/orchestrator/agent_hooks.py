@@ -36,8 +36,10 @@ def install(hub, resources: Resources) -> None:
         if not _advertises(hub, agent_id, "NodeCapabilities"):
             return
         caps = await hub.call(agent_id, "Kaktus.NodeCapabilities", {}, timeout=HOOK_TIMEOUT)
-        await resources.set_fields("agent", agent_id, {"capabilities": caps})
-        log.info("kaktus capabilities stored", agent=agent_id)
+        agent = await resources.get("agent", agent_id)
+        if agent.get("capabilities") != caps:  # a reconnect storm rewrites nothing
+            await resources.set_fields("agent", agent_id, {"capabilities": caps})
+            log.info("kaktus capabilities stored", agent=agent_id)
 
     async def kiwi(agent_id: str) -> None:
         if not _advertises(hub, agent_id, "Reload"):

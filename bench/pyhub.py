@@ -1,0 +1,73 @@
+"""The real Kahuna (API + hub + store, `kahuna.server.run`) plus the Go reference hub's control
+contract on a loopback port, so `../shared/peers/bench.sh` measures it exactly like gohub:
+
+    HUB_CMD="python bench/pyhub.py -c kahuna.yml --ctl 127.0.0.1:18081" IMPL=kahuna bench.sh ...
+
+GET /stats (registered, rss), POST /fanout, POST /rpcload: see kahuna/hub/__main__.py `Control`.
+This is a benchmark harness, not part of the daemon: the control port exists only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kahuna import logs  # noqa: E402
+from kahuna.cli import ensure_secrets  # noqa: E402
+from kahuna.config import load  # noqa: E402
+from kahuna.hub.__main__ import Control  # noqa: E402
+from kahuna.server import run  # noqa: E402
+
+
+async def freeze_after_waves(hub) -> None:
+    """gc.freeze() once a connect wave has settled: long-lived sessions leave the GC's scans."""
+    seen = 0
+    while True:
+        await trio.sleep(2.0)
+        now = hub.stats.registrations
+        if now != seen and now - seen < 50:
+            gc.collect()
+            gc.freeze()
+        seen = now
+
+
+async def main(args: argparse.Namespace) -> None:
+    config, _ = load(args.config)
+    logs.setup(config.log_level)
+    secrets = ensure_secrets(config, sys.stderr)
+    host, _, port = args.ctl.rpartition(":")
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(run, config, secrets, shutdown)
+            extras = trio.CancelScope()
+            nursery.start_soon(serve_extras, extras, bound.hub, host, int(port))
+            async for _ in signals:
+                break
+            extras.cancel()
+            shutdown.set()  # `run` closes the sessions (1001) and returns; the nursery ends
+
+
+async def serve_extras(scope: trio.CancelScope, hub, host: str, port: int) -> None:
+    with scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.serve_tcp, Control(hub).handle, port, host=host))
+            nursery.start_soon(freeze_after_waves, hub)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--ctl", default="127.0.0.1:18081")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    trio.run(main, parser.parse_args())
