@@ -249,10 +249,10 @@ class Agent:
         """One connection attempt and, if it succeeds, the session; returns when it ends.
 
         Returns the trio time the session came up (None if it never did). Never raises for
-        network or protocol trouble: that is recorded in `last_error` / `last_close`.
+        network or protocol trouble: that is recorded in `last_error` (kept until the next
+        successful connection) and `last_close`.
         """
         up_since: float | None = None
-        self.last_error = None
         limiter, holding = self.connect_limiter, False
         try:
             with trio.CancelScope() as self._attempt:
@@ -267,6 +267,7 @@ class Agent:
                         connect_timeout=self.connect_timeout,
                         disconnect_timeout=self.close_timeout) as ws:
                     self.connected = True   # from here on stop() closes gracefully instead
+                    self.last_error = None
                     if holding:
                         limiter.release()   # type: ignore[union-attr]
                         holding = False

@@ -2,7 +2,8 @@
 
     serve()                          reports the bound (host, port) through task_status
     +-- accept loops                 one per listening socket; EMFILE & co. are survived
-    +-- connection tasks             one per TCP connection:
+    +-- heartbeat scheduler          one for all sessions: starts each session's ping when due
+    +-- connection tasks             one per TCP connection, each with its own nursery:
         +-- trio-websocket reader    (wsproto bytes -> events; answers pings)
         +-- handshake                verify headers -> reject(400/403/404) or accept()
         +-- Session.run()            the session's task tree (see session.py)
@@ -14,10 +15,12 @@ keeps no task per call and no queue between callers and sessions.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -85,6 +88,9 @@ class Hub:
         self._live: set[Session] = set()          # every upgraded session, registered or not
         self._offline: dict[str, _OfflineRecord] = {}
         self._caps_cache: dict[tuple[str, tuple[str, ...]], tuple[str, frozenset[str]]] = {}
+        # (due, session) in due order: every session waits the same interval, so appending
+        # keeps the queue sorted and the scheduler only ever looks at its head
+        self._pings: deque[tuple[float, Session]] = deque()
         self._serve_scope: trio.CancelScope | None = None
         self._accept_scope: trio.CancelScope | None = None
         self._stopped: trio.Event | None = None
@@ -101,12 +107,16 @@ class Hub:
         if self._serve_scope is not None:
             raise RuntimeError("this hub is already serving")
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=self.settings.backlog)
+        young, *older = gc.get_threshold()
+        if self.settings.gc_threshold is not None and young < self.settings.gc_threshold:
+            gc.set_threshold(self.settings.gc_threshold, *older)
         self._shutting_down = False
         self._stopped = trio.Event()
         self._reserve_fd = self._open_reserve()
         try:
             with trio.CancelScope() as self._serve_scope:
                 async with trio.open_nursery() as connections:
+                    connections.start_soon(self._heartbeats)
                     async with trio.open_nursery() as acceptors:
                         self._accept_scope = acceptors.cancel_scope
                         for listener in listeners:
@@ -116,7 +126,8 @@ class Hub:
                         log.debug("hub listening", address=f"{sockname[0]}:{sockname[1]}",
                                   path=self.settings.path)
                         task_status.started(self.address)
-                    # accept loops end only on shutdown(); stop listening while sessions close
+                    # accept loops end only on shutdown(); stop listening while sessions close,
+                    # then shutdown() cancels what is left (the scheduler, stray handshakes)
                     for listener in listeners:
                         await trio.aclose_forcefully(listener)
         finally:
@@ -127,6 +138,7 @@ class Hub:
                 os.close(self._reserve_fd)
                 self._reserve_fd = None
             self._serve_scope = self._accept_scope = None
+            self._pings.clear()
             self._stopped.set()
 
     async def shutdown(self, timeout: float | None = None) -> None:
@@ -285,6 +297,21 @@ class Hub:
                      methods=len(session.methods))
         return True
 
+    def _schedule_ping(self, session: Session) -> None:
+        self._pings.append((trio.current_time() + self.settings.ping_interval, session))
+
+    async def _heartbeats(self) -> None:
+        """Start every session's ping when it is due (pings due within 5 ms go together)."""
+        queue, interval = self._pings, self.settings.ping_interval
+        while True:
+            now = trio.current_time()
+            while queue and queue[0][0] <= now:
+                queue.popleft()[1].start_ping()
+            if queue:
+                await trio.sleep_until(max(queue[0][0], now + 0.005))
+            else:
+                await trio.sleep(interval)
+
     def _session_ended(self, session: Session) -> None:
         if self.registry.unregister(session):
             self._offline[session.agent_id] = _OfflineRecord(session)
@@ -401,7 +428,7 @@ class Hub:
                     self._live.add(session)
                     stats.sessions += 1
                     try:
-                        await session.run()
+                        await session.run(nursery)
                     finally:
                         self._live.discard(session)
                         stats.sessions -= 1

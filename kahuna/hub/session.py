@@ -1,17 +1,24 @@
 """One agent session: a small task tree that only moves bytes and waits.
 
-    session.run()                the connection's task, and the session's reader: it drains
-    |                            every frame at once (so trio-websocket keeps answering pings
-    |                            under load) and resolves pending calls by id
-    +-- _heartbeat               ping every ping_interval; no pong within pong_timeout -> end
+    connection nursery           (one per TCP connection, opened by the hub)
+    +-- trio-websocket reader    wsproto bytes -> messages; answers pings
+    +-- Session.run()            the connection's own task, and the session's reader: it drains
+    |                            every message at once (so the library's reader never blocks and
+    |                            keeps answering pings under load) and resolves calls by id
     +-- _start                   <Type>.Capabilities, then registration, then the connect hooks
-        +-- hooks                each in its own task; failures are logged, never fatal
+    |   +-- hooks                each in its own task; failures are logged, never fatal
+    +-- _ping                    one WebSocket ping, started every ping_interval by the hub's
+    |                            heartbeat scheduler; no pong within pong_timeout ends the session
+    +-- _closer                  when we end the session: the close frame and its answer
     calls                        run in the caller's task: send the frame, wait on the call's
                                  event with the caller's deadline
 
+An idle session owns no task of its own besides the two readers: its heartbeat is an entry in
+the hub's ping queue, so thousands of idle agents cost little memory.
+
 Whatever ends the session (peer close, oversized frame, heartbeat loss, replacement, disconnect,
 shutdown), the `finally` of `run` fails every pending call at once, leaves the registry (only if
-still the agent's current session) and sends the close frame.
+still the agent's current session) and sees the close frame sent.
 """
 
 from __future__ import annotations
@@ -42,16 +49,14 @@ CLOSE_INTERNAL = 1011          # heartbeat lost, send timed out
 CLOSE_REPLACED = 4000          # a newer session of the same agent took over; also disconnect()
 CLOSE_CREDENTIALS = 4001       # the credential changed while the session was starting
 
-# Abrupt ends (heartbeat loss, a send cut mid-frame) skip the close handshake: waiting for a peer
-# that does not answer, or writing after half a frame, helps nobody.
 _WARN_TEXT, _WARN_MALFORMED, _WARN_UNKNOWN = 1, 2, 4
 
 
 class Session:
     __slots__ = ("hub", "ws", "agent_id", "agent_type", "credential", "remote_address", "pending",
                  "version", "methods", "connected_since", "last_seen", "registered",
-                 "_scope", "_close_code", "_close_reason", "_abort", "_done", "_finished", "_ended",
-                 "_warned")
+                 "_nursery", "_close_code", "_close_reason", "_abort", "_closing", "_done",
+                 "_finished", "_ended", "_warned")
 
     def __init__(self, hub: Hub, ws: WebSocketConnection, identity: Identity,
                  remote_address: str) -> None:
@@ -66,10 +71,11 @@ class Session:
         self.methods: frozenset[str] = frozenset()
         self.connected_since = self.last_seen = time.time()
         self.registered = False
-        self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._close_code: int | None = None
         self._close_reason: str | None = None
         self._abort = False
+        self._closing: trio.Event | None = None   # set once our close exchange is over
         self._done = False          # no more calls: pending ones failed, registry left
         self._finished = False      # and the close frame is sent: the connection can go
         self._ended: trio.Event | None = None
@@ -94,11 +100,23 @@ class Session:
     # ------------------------------------------------------------------ control
 
     def close(self, code: int, reason: str, *, abort: bool = False) -> None:
-        """Ask the session to end (idempotent: the first code and reason win)."""
+        """Ask the session to end (idempotent: the first code and reason win).
+
+        Normally the close frame is sent and its answer awaited (close_timeout); `abort` skips
+        that (a peer that stopped answering, or a frame cut in half) and just drops the stream.
+        """
         if self._close_code is None:
             self._close_code, self._close_reason, self._abort = code, reason, abort
-        if self._scope is not None:
-            self._scope.cancel()
+        elif not abort or self._abort:
+            return
+        if self._nursery is None:
+            return                     # run() acts on the request when it starts
+        if abort:
+            self._abort = True
+            self._nursery.cancel_scope.cancel()
+        elif self._closing is None:
+            self._closing = trio.Event()
+            self._nursery.start_soon(self._closer)
 
     async def wait_ended(self) -> None:
         """Wait until the session is over, close frame exchanged (bounded by close_timeout)."""
@@ -125,6 +143,7 @@ class Session:
                     await self.ws.send_message(frame)
                 except ConnectionClosed:
                     raise AgentDisconnected(self.agent_id, self._end_reason()) from None
+            del frame
             if send_scope.cancelled_caught:
                 stats.call_timeouts += 1
                 self.close(CLOSE_INTERNAL, "send timed out", abort=True)
@@ -145,24 +164,27 @@ class Session:
 
     # ------------------------------------------------------------------ task tree
 
-    async def run(self) -> None:
-        """The session's whole life; returns when it has ended and the close frame is sent."""
+    async def run(self, nursery: trio.Nursery) -> None:
+        """The session's whole life in the connection's nursery; returns when it is over."""
+        self._nursery = nursery
         try:
-            async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
-                if self._close_code is not None:
-                    nursery.cancel_scope.cancel()
-                nursery.start_soon(self._heartbeat)
-                nursery.start_soon(self._start, nursery)
-                await self._read_loop()
-                nursery.cancel_scope.cancel()
+            if self._close_code is not None:          # closed before it started
+                code, reason, abort = self._close_code, self._close_reason, self._abort
+                self._close_code = None
+                self.close(code, reason or "", abort=abort)
+            self.hub._schedule_ping(self)
+            nursery.start_soon(self._start)
+            await self._read_loop()
         finally:
             self._done = True
             reason = self._end_reason()
             self.pending.fail_all(lambda: AgentDisconnected(self.agent_id, reason))
             self.hub._session_ended(self)
             try:
-                await self._send_close()
+                if self._closing is not None:
+                    await self._closing.wait()         # bounded by close_timeout in _closer
+                elif not self._abort and self.ws.closed is None:
+                    await self._send_close_now()
             finally:
                 self._finished = True
                 if self._ended is not None:
@@ -176,50 +198,59 @@ class Session:
             return f"connection closed ({closed.code})"
         return "session ended"
 
-    async def _send_close(self) -> None:
-        ws = self.ws
-        if self._abort or ws.closed is not None:
-            return
-        if self._close_code is None:
-            # Cancelled from outside (the hub's nursery is going away): our frame reader is
-            # cancelled too, so only send the close frame, do not wait for the answer.
-            code, reason, wait = CLOSE_GOING_AWAY, "server shutting down", 0.05
-        else:
-            code, reason, wait = self._close_code, self._close_reason, self.hub.settings.close_timeout
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + wait):
+    async def _closer(self) -> None:
+        """Our side ends the session: close frame, wait (bounded) for the peer's answer."""
+        assert self._closing is not None
+        try:
+            with trio.move_on_after(self.hub.settings.close_timeout):
+                await self.ws.aclose(self._close_code or CLOSE_GOING_AWAY, self._close_reason)
+        except Exception as exc:   # the stream is torn down by the hub either way
+            log.debug("agent close failed", **self._fields(), error=repr(exc))
+        finally:
+            self._closing.set()
+
+    async def _send_close_now(self) -> None:
+        """Cancelled from outside (the hub's nursery is going away): the library's reader is
+        cancelled too, so send the close frame without waiting for the answer."""
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 0.05):
             try:
-                await ws.aclose(code, reason)
-            except Exception as exc:  # the stream is torn down by our caller either way
-                log.debug("agent close failed", **self._fields(), error=repr(exc))
+                await self.ws.aclose(CLOSE_GOING_AWAY, "server shutting down")
+            except Exception:
+                pass
 
     async def _read_loop(self) -> None:
-        ws, pending, stats = self.ws, self.pending, self.hub.stats
+        ws = self.ws
         while True:
             try:
                 message = await ws.get_message()
             except ConnectionClosed:
                 return
-            self.last_seen = time.time()
-            if type(message) is str:
-                stats.text_frames += 1
-                self._warn_once(_WARN_TEXT, "agent text frame ignored")
-                continue
-            try:
-                reply = decode_reply(message)
-            except FrameError as exc:
-                stats.malformed_frames += 1
-                if exc.call_id is not None:
-                    pending.fail(exc.call_id, MalformedReply(
-                        f"malformed reply: {exc.reason}", agent_id=self.agent_id))
-                self._warn_once(_WARN_MALFORMED, "agent frame malformed", reason=exc.reason)
-                continue
-            outcome = pending.resolve(reply.id, reply.result, reply.error)
-            if outcome is Resolution.STALE:
-                stats.stale_replies += 1
-                log.debug("agent late reply dropped", **self._fields(), call_id=reply.id)
-            elif outcome is Resolution.UNKNOWN:
-                stats.unknown_replies += 1
-                self._warn_once(_WARN_UNKNOWN, "agent reply to unknown call", call_id=reply.id)
+            self._on_message(message)
+            del message      # an idle session must not keep its last frame alive
+
+    def _on_message(self, message: bytes | str) -> None:
+        self.last_seen = time.time()
+        stats = self.hub.stats
+        if type(message) is str:
+            stats.text_frames += 1
+            self._warn_once(_WARN_TEXT, "agent text frame ignored")
+            return
+        try:
+            reply = decode_reply(message)
+        except FrameError as exc:
+            stats.malformed_frames += 1
+            if exc.call_id is not None:
+                self.pending.fail(exc.call_id, MalformedReply(
+                    f"malformed reply: {exc.reason}", agent_id=self.agent_id))
+            self._warn_once(_WARN_MALFORMED, "agent frame malformed", reason=exc.reason)
+            return
+        outcome = self.pending.resolve(reply.id, reply.result, reply.error)
+        if outcome is Resolution.STALE:
+            stats.stale_replies += 1
+            log.debug("agent late reply dropped", **self._fields(), call_id=reply.id)
+        elif outcome is Resolution.UNKNOWN:
+            stats.unknown_replies += 1
+            self._warn_once(_WARN_UNKNOWN, "agent reply to unknown call", call_id=reply.id)
 
     def _fields(self) -> dict[str, str]:
         return {"agent_id": self.agent_id, "agent_type": self.agent_type,
@@ -233,23 +264,32 @@ class Session:
             self._warned |= bit
             log.warning(event, **self._fields(), **fields)
 
-    async def _heartbeat(self) -> None:
-        settings, ws = self.hub.settings, self.ws
-        while True:
-            await trio.sleep(settings.ping_interval)
-            with trio.move_on_after(settings.pong_timeout) as waiting:
-                try:
-                    await ws.ping()
-                except ConnectionClosed:
-                    return
-            if waiting.cancelled_caught:
-                self.hub.stats.heartbeat_timeouts += 1
-                log.info("agent heartbeat lost", **self._fields(), pong_timeout=settings.pong_timeout)
-                self.close(CLOSE_INTERNAL, "heartbeat timeout", abort=True)
-                return
-            self.last_seen = time.time()
+    def start_ping(self) -> bool:
+        """Called by the hub's heartbeat scheduler; False once the session is ending."""
+        if self._done or self._close_code is not None or self._nursery is None:
+            return False
+        try:
+            self._nursery.start_soon(self._ping)
+        except RuntimeError:            # the nursery is closing
+            return False
+        return True
 
-    async def _start(self, nursery: trio.Nursery) -> None:
+    async def _ping(self) -> None:
+        settings = self.hub.settings
+        with trio.move_on_after(settings.pong_timeout) as waiting:
+            try:
+                await self.ws.ping()
+            except ConnectionClosed:
+                return
+        if waiting.cancelled_caught:
+            self.hub.stats.heartbeat_timeouts += 1
+            log.info("agent heartbeat lost", **self._fields(), pong_timeout=settings.pong_timeout)
+            self.close(CLOSE_INTERNAL, "heartbeat timeout", abort=True)
+            return
+        self.last_seen = time.time()
+        self.hub._schedule_ping(self)
+
+    async def _start(self) -> None:
         hub = self.hub
         try:
             caps = await self.call(f"{self.agent_type}.Capabilities", {},
@@ -262,10 +302,12 @@ class Session:
             log.warning("agent capabilities failed", **self._fields(), error=str(exc))
             self.close(CLOSE_POLICY, "capabilities failed")
             return
+        del caps
         if not hub._session_ready(self):
             return
+        assert self._nursery is not None
         for hook in hub._hooks_for(self.agent_type):
-            nursery.start_soon(self._run_hook, hook)
+            self._nursery.start_soon(self._run_hook, hook)
 
     async def _run_hook(self, hook: Callable[[str], Awaitable[Any]]) -> None:
         try:

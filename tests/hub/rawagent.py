@@ -78,13 +78,9 @@ class RawAgent:
                 pass
 
     async def _pump(self) -> None:
+        data = b"-"      # events may already be queued: the 101 and a first frame can share a read
         try:
             while True:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                self.ws.receive_data(data or None)
                 for event in self.ws.events():
                     if isinstance(event, Ping):
                         self.pings += 1
@@ -108,6 +104,11 @@ class RawAgent:
                         self.close_code = 1006
                     self.closed.set()
                     return
+                try:
+                    data = await self.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                self.ws.receive_data(data or None)
         finally:
             self._tx.close()
             await trio.aclose_forcefully(self.stream)
