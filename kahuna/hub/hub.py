@@ -220,7 +220,6 @@ class Hub:
         """
         victims = [s for s in self._live if s.agent_id == agent_id]
         for session in victims:
-            self.registry.unregister(session)
             session.close(code, reason)
             self.stats.disconnects += 1
         with trio.move_on_after(self.settings.close_timeout + 1.0):
@@ -313,8 +312,10 @@ class Hub:
                 await trio.sleep(interval)
 
     def _session_ended(self, session: Session) -> None:
-        if self.registry.unregister(session):
-            self._offline[session.agent_id] = _OfflineRecord(session)
+        self.registry.unregister(session)
+        if session.registered:
+            if session.agent_id not in self.registry:      # not replaced: remember it
+                self._offline[session.agent_id] = _OfflineRecord(session)
             log.info("agent disconnected", **session._fields(), reason=session._end_reason())
 
     # ================================================================= connections

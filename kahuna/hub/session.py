@@ -107,6 +107,7 @@ class Session:
         """
         if self._close_code is None:
             self._close_code, self._close_reason, self._abort = code, reason, abort
+            self.hub.registry.unregister(self)      # no new call is routed to a closing session
         elif not abort or self._abort:
             return
         if self._nursery is None:

@@ -108,3 +108,14 @@ async def test_handshake_flood_does_not_stop_service(hub):
         n.start_soon(agent.echo_forever)
         assert await hub.hub.call(KAKTUS, "Echo", {"ok": 1}, timeout=2) == {"ok": 1}
         n.cancel_scope.cancel()
+
+
+async def test_remote_address_from_a_trusted_proxy_only(start_hub):
+    from kahuna.hub import HubSettings
+    trusting = await start_hub(HubSettings(trusted_proxies=frozenset({"127.0.0.1"})))
+    forwarded = [(b"X-Forwarded-For", b"198.51.100.4, 203.0.113.9")]
+    await trusting.registered(headers=trusting.headers() + forwarded)
+    assert trusting.hub.status(KAKTUS)["remote_address"] == "203.0.113.9"
+    plain = await start_hub()
+    await plain.registered(headers=plain.headers() + forwarded)
+    assert plain.hub.status(KAKTUS)["remote_address"].startswith("127.0.0.1:")
