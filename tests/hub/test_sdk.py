@@ -1,6 +1,5 @@
 """The agent SDK against the real hub: both auth modes, dispatch, errors, reconnect, stop."""
 
-import os
 import random
 import signal
 import subprocess
