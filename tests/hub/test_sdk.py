@@ -169,3 +169,30 @@ async def test_sim_cli_stops_cleanly_on_sigterm(hub, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_sim_fleet_runs_many_agents_in_one_process(hub, credentials, tmp_path):
+    from kahuna.hub import AgentCredential
+    lines = []
+    for i in range(24):
+        agent_id, agent_type = f"{i:024x}", ("Kaktus", "Kiwi", "Kontroller")[i % 3]
+        credentials.put(AgentCredential(agent_id, agent_type, f"key-{i}"))
+        lines.append(f"{agent_id} key-{i} {agent_type}" if i % 3 else f"{agent_id} key-{i}")
+    keys = tmp_path / "agents.txt"
+    keys.write_text("# id key [type]\n" + "\n".join(lines) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "agent.sim", "fleet", "-k", str(keys), "-e", hub.url,
+                             "-C", "8", "--auth", "key", "--report", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        await wait_until(lambda: len(hub.hub.connected_ids()) == 24, timeout=20)
+        assert hub.hub.status(f"{1:024x}")["version"] == "1.1"          # a Kiwi
+        assert await hub.hub.call(f"{3:024x}", "Echo", {"n": 3}) == {"n": 3}
+        sessions = [hub.hub.registry.get(i) for i in hub.hub.connected_ids()]
+        proc.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(proc.wait, 10) == 0
+        await wait_until(lambda: not hub.hub.connected_ids())
+        assert {s.ws.closed.code for s in sessions} == {1000}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
