@@ -218,7 +218,11 @@ async def amain(args: argparse.Namespace) -> None:
 
 
 async def _freeze_after_waves(hub: Hub) -> None:
-    """gc.freeze() once a connect wave has settled, so long-lived sessions leave the GC's scans."""
+    """gc.freeze() once a connect wave has settled, so long-lived sessions leave the GC's scans.
+
+    Not for production: a frozen session that ends leaves ~65 objects of cyclic garbage that
+    the collector no longer sees (measured), so reconnecting agents would leak memory.
+    """
     seen = 0
     while True:
         await trio.sleep(2.0)
@@ -241,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caps-timeout", type=float, default=10.0)
     p.add_argument("--read-limit", type=int, default=16 * 1024 * 1024)
     p.add_argument("--nofile", type=int, default=0, help="set RLIMIT_NOFILE (soft) to this")
-    p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after connect waves")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="gc.freeze() after connect waves (benchmarks only: the cyclic garbage "
+                        "of sessions that end later is never collected, ~10 KiB each)")
     p.add_argument("-d", "--debug", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
