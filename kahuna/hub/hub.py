@@ -55,6 +55,31 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
+class _SpentHandshake:
+    """Stands in for wsproto's finished HTTP handshake (its h11 parser, buffers and the request
+    headers, ~2 KiB) for the rest of a session: once the WebSocket connection exists, wsproto
+    only asks the handshake for pending events, and there are none."""
+
+    __slots__ = ()
+
+    def events(self) -> Iterable[Any]:
+        return ()
+
+
+_SPENT = _SpentHandshake()
+
+
+def _release_handshake(ws: Any) -> None:
+    """Private attributes of trio-websocket 0.12 / wsproto 1.3 (both pinned): if their layout
+    changes this does nothing, and tests/hub/test_session.py notices."""
+    proto = getattr(ws, "_wsproto", None)
+    handshake = getattr(proto, "handshake", None)
+    if (getattr(proto, "connection", None) is not None
+            and type(handshake).__name__ == "H11Handshake"
+            and not getattr(handshake, "_events", True)):    # no event left to hand out
+        proto.handshake = _SPENT
+
+
 class _OfflineRecord:
     __slots__ = ("agent_type", "version", "methods", "connected_since", "last_seen",
                  "remote_address", "disconnected_at")
@@ -412,6 +437,7 @@ class Hub:
                     return None
                 remote = self._remote_address(stream, request.headers)
                 ws = await request.accept()
+                _release_handshake(ws)
                 return Session(self, ws, verdict, remote)
             except ConnectionClosed:
                 stats.reject("closed_during_handshake")

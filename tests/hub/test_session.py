@@ -362,3 +362,13 @@ async def test_shutdown_closes_sessions_with_1001_and_fails_pending_calls(nurser
     assert serving.is_set()
     assert [await a.wait_closed() for a in agents] == [1001, 1001]
     assert len(failures) == 1 and hub.connected_ids() == []
+
+
+async def test_finished_http_handshake_is_released(hub):
+    """~2 KiB per idle session: wsproto's spent handshake (h11 parser, request headers) goes."""
+    from kahuna.hub.hub import _SpentHandshake
+    agent = await hub.registered()
+    session = hub.hub.registry.get(KAKTUS)
+    assert isinstance(session.ws._wsproto.handshake, _SpentHandshake)
+    hub.nursery.start_soon(agent.echo_forever)
+    assert await hub.hub.call(KAKTUS, "Echo", [1, 2], timeout=2) == [1, 2]
