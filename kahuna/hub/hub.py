@@ -301,6 +301,8 @@ class Hub:
 
     def _session_ready(self, session: Session) -> bool:
         """Capabilities passed: make it the agent's session (closing any older one)."""
+        if session.ended or session.closing:     # e.g. disconnect() during its Capabilities
+            return False
         if self._shutting_down:
             session.close(CLOSE_GOING_AWAY, "server shutting down")
             return False

@@ -97,6 +97,11 @@ class Session:
     def ended(self) -> bool:
         return self._done
 
+    @property
+    def closing(self) -> bool:
+        """Its end was requested (it may still be exchanging close frames)."""
+        return self._close_code is not None
+
     # ------------------------------------------------------------------ control
 
     def close(self, code: int, reason: str, *, abort: bool = False) -> None:

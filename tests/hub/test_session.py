@@ -372,3 +372,30 @@ async def test_finished_http_handshake_is_released(hub):
     assert isinstance(session.ws._wsproto.handshake, _SpentHandshake)
     hub.nursery.start_soon(agent.echo_forever)
     assert await hub.hub.call(KAKTUS, "Echo", [1, 2], timeout=2) == [1, 2]
+
+
+async def test_disconnect_during_capabilities_prevents_registration(hub):
+    registered = await hub.registered()          # a live session that must survive
+    hub.nursery.start_soon(tagged_echo, registered, "first")
+    late = await hub.raw()
+    request = await late.request()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.hub.disconnect, KAKTUS)   # closes both, the live one too
+        await trio.sleep(0.05)
+        await late.reply(request, {"Version": "1.0", "Methods": ["Echo"]})
+    assert await late.wait_closed() == 4000 and await registered.wait_closed() == 4000
+    await trio.sleep(0.05)
+    assert not hub.hub.is_connected(KAKTUS)
+    assert hub.hub.stats_snapshot()["registrations"] == 1
+
+
+async def test_a_closing_session_is_never_registered(hub):
+    """The narrow race behind the test above: Capabilities answered, then a close is requested
+    before the session registers; registering it would even replace a good session."""
+    await hub.raw()
+    await wait_until(lambda: hub.hub._live)
+    session = next(iter(hub.hub._live))
+    session.version, session.methods = "1.0", frozenset({"Echo"})
+    session.close(4000, "disconnected by server")
+    assert hub.hub._session_ready(session) is False
+    assert not hub.hub.is_connected(KAKTUS)
