@@ -117,12 +117,17 @@ class Session:
             return
         if self._nursery is None:
             return                     # run() acts on the request when it starts
+        if self._done:
+            return                     # already ending on its own
         if abort:
             self._abort = True
             self._nursery.cancel_scope.cancel()
         elif self._closing is None:
             self._closing = trio.Event()
-            self._nursery.start_soon(self._closer)
+            try:
+                self._nursery.start_soon(self._closer)
+            except RuntimeError:       # the connection's nursery is already closing
+                self._closing.set()
 
     async def wait_ended(self) -> None:
         """Wait until the session is over, close frame exchanged (bounded by close_timeout)."""
