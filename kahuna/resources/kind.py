@@ -61,6 +61,18 @@ class Kind:
     # document fields looked up often enough to deserve an index (beyond parent and unique)
     indexed: tuple[str, ...] = ()
     label: str = ""  # human name in messages ("storage pool")
+    # other kinds this kind points at by id beyond its parent (an NFS storage's pool): such a
+    # document cannot be deleted while documents of this kind reference it (409, like children)
+    references: tuple[Parent, ...] = ()
+    # creates, updates and deletes of this kind run one at a time in this process, hooks included:
+    # for kinds whose hooks check invariants across the whole collection (MAC addresses unique
+    # across subnets, no two subnets of a region overlapping) or order agent pushes (DNS)
+    serialize_writes: bool = False
+    # "default child": the path in the parent document holding the id of the parent's default
+    # child of this kind ("defaults.pool_id" on a region). The first child becomes the default;
+    # deleting it moves the default to the oldest remaining sibling; `Resources.set_default`
+    # moves it (one field of one document: one default per parent, moved atomically).
+    default_in: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "collection", self.collection or self.name)
@@ -82,6 +94,8 @@ class Kind:
         if self.parent:
             out.append(Index(f"{self.collection}_by_{self.parent.field}", (self.parent.field,)))
         out.extend(Index(f"{self.collection}_by_{key}", (key,)) for key in self.indexed)
+        out.extend(Index(f"{self.collection}_by_{ref.field}", (ref.field,)) for ref in self.references
+                   if ref.field not in self.indexed)
         return out
 
 
@@ -114,6 +128,11 @@ def all_kinds() -> list[Kind]:
 
 def children_of(kind: Kind) -> list[Kind]:
     return [k for k in _REGISTRY.values() if k.parent and k.parent.kind == kind.name]
+
+
+def referrers_of(kind: Kind) -> list[tuple[Kind, str]]:
+    """(kind, field) of every declared reference to `kind` beyond the parent links."""
+    return [(k, ref.field) for k in _REGISTRY.values() for ref in k.references if ref.kind == kind.name]
 
 
 def doc_value(doc: dict[str, Any], path: str, default: Any = None) -> Any:

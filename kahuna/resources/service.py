@@ -6,7 +6,9 @@ One implementation serves every kind. The rules a private cloud needs live here 
 - a parent that still has children is not deleted (409 naming what is left), and a child cannot
   be created under a parent being deleted (both hold the parent's lock);
 - hooks with side effects run after the write; when one fails, or the request is cancelled, the
-  write is undone under a shield, so nothing is left half-created.
+  write is undone under a shield, so nothing is left half-created;
+- a document that other kinds still reference (`Kind.references`) is not deleted either;
+- a kind may have a default child per parent (`Kind.default_in`), kept on the parent document.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import trio
 
 from kahuna.logs import get_logger
 from kahuna.resources.errors import ConflictError, Invalid, NotFoundError, Unavailable
-from kahuna.resources.kind import Kind, children_of, doc_value, get_kind, set_doc_value
+from kahuna.resources.kind import Kind, children_of, doc_value, get_kind, referrers_of, set_doc_value
 from kahuna.resources.types import check_object
 from kahuna.store import errors as store_errors
 from kahuna.store.base import Document, Store, is_valid_id, new_id
@@ -113,12 +115,15 @@ class Resources:
             if kind.parent:
                 await self.get(kind.parent.kind, parent_id)
                 doc[kind.parent.field] = parent_id
-            if kind.hooks.before_create:
-                await kind.hooks.before_create(self, doc, **extra)
-            await self._insert(kind, doc)
-            if kind.hooks.after_create:
-                await self._undo_on_failure(kind.hooks.after_create(self, doc, **extra),
-                                            self.store.delete, kind.collection, doc["_id"])
+            async with self.kind_lock(kind):
+                if kind.hooks.before_create:
+                    await kind.hooks.before_create(self, doc, **extra)
+                await self._insert(kind, doc)
+                if kind.hooks.after_create:
+                    await self._undo_on_failure(kind.hooks.after_create(self, doc, **extra),
+                                                self.store.delete, kind.collection, doc["_id"])
+            if kind.default_in and kind.parent:
+                await self._default_if_none(kind, parent_id, doc["_id"])
         log.info("created", kind=kind.name, id=doc["_id"], name=doc.get("name"))
         return doc
 
@@ -126,11 +131,13 @@ class Resources:
         """Partial update: absent fields keep their value (every client *Update model is partial)."""
         kind = _kind(kind)
         values = check_object(kind.fields, _object(payload), "", partial=True)
-        async with self.locks.hold((kind.name, doc_id)):
+        async with self.locks.hold((kind.name, doc_id)), self.kind_lock(kind):
             old = await self.get(kind, doc_id)
             new = _copy(old)
             for name, value in values.items():
                 f = kind.field_map[name]
+                if f.create_only:
+                    continue
                 if f.immutable and value != doc_value(old, f.doc_key):
                     raise Invalid(f"{name}: cannot be changed after creation")
                 set_doc_value(new, f.doc_key, value)
@@ -158,23 +165,86 @@ class Resources:
 
     async def delete(self, kind: Kind | str, doc_id: str, **extra: Any) -> None:
         kind = _kind(kind)
-        async with self.locks.hold((kind.name, doc_id)):
+        async with self.locks.hold((kind.name, doc_id)), self.kind_lock(kind):
             doc = await self.get(kind, doc_id)
-            left = []
+            left, users = [], []
             for child in children_of(kind):
                 n = await self.count(child, **{child.parent.field: doc_id})
                 if n:
-                    left.append(f"{n} {child.label}{'' if n == 1 else 's'}")
-            if left:
-                raise ConflictError(f"{kind.label} {doc.get('name', doc_id)} still has {', '.join(left)}")
+                    left.append(_count_of(n, child.label))
+            for referrer, ref_field in referrers_of(kind):
+                n = await self.count(referrer, **{ref_field: doc_id})
+                if n:
+                    users.append(_count_of(n, referrer.label))
+            if left or users:
+                what = [f"still has {', '.join(left)}"] if left else []
+                what += [f"is still used by {', '.join(users)}"] if users else []
+                raise ConflictError(f"{kind.label} {doc.get('name', doc_id)} {' and '.join(what)}")
             if kind.hooks.before_delete:
                 await kind.hooks.before_delete(self, doc, **extra)
             await self._store_call(self.store.delete, kind.collection, doc_id)
             if kind.hooks.after_delete:
                 await kind.hooks.after_delete(self, doc, **extra)
+        if kind.default_in and kind.parent and doc.get(kind.parent.field):
+            await self._move_default(kind, doc[kind.parent.field], doc_id)
         log.info("deleted", kind=kind.name, id=doc_id)
 
+    # -- default children ------------------------------------------------------------------------
+
+    async def set_default(self, kind: Kind | str, parent_id: str, child_id: str) -> Document:
+        """Make `child_id` its parent's default child of `kind` (PATCH .../{childId}/default).
+
+        Under the parent's lock, like every create under that parent and the parent's own
+        updates, so the default moves atomically and never to a child being deleted."""
+        kind = _kind(kind)
+        assert kind.default_in and kind.parent, f"{kind.name} has no default child"
+        parent_kind = get_kind(kind.parent.kind)
+        async with self.locks.hold((parent_kind.name, parent_id)):
+            await self.get(parent_kind, parent_id)
+            child = await self.get(kind, child_id)
+            if child.get(kind.parent.field) != parent_id:
+                raise NotFoundError(f"{kind.label} {child_id} not found in this {parent_kind.label}")
+            parent = await self.set_fields(parent_kind, parent_id, {kind.default_in: child_id})
+        log.info("default set", kind=kind.name, parent=parent_id, id=child_id)
+        return parent
+
+    async def default_child(self, kind: Kind | str, parent_id: str) -> str | None:
+        """The id of the parent's default child of `kind`, if it has one."""
+        kind = _kind(kind)
+        parent = await self.get(kind.parent.kind, parent_id)
+        return doc_value(parent, kind.default_in) or None
+
+    async def _default_if_none(self, kind: Kind, parent_id: str, child_id: str) -> None:
+        """The first child becomes the default (the caller holds the parent's lock)."""
+        try:
+            parent = await self.get(kind.parent.kind, parent_id)
+            if not doc_value(parent, kind.default_in):
+                await self.set_fields(kind.parent.kind, parent_id, {kind.default_in: child_id})
+        except Exception:  # the child exists; a missing default is logged, never fatal
+            log.error("could not set the default", kind=kind.name, parent=parent_id, exc_info=True)
+
+    async def _move_default(self, kind: Kind, parent_id: str, child_id: str) -> None:
+        """After a delete: when the deleted child was the default, the oldest sibling takes over."""
+        try:
+            async with self.locks.hold((kind.parent.kind, parent_id)):
+                parent = await self.get(kind.parent.kind, parent_id)
+                if doc_value(parent, kind.default_in) != child_id:
+                    return
+                siblings = await self.list(kind, parent_id)
+                successor = siblings[0]["_id"] if siblings else ""
+                await self.set_fields(kind.parent.kind, parent_id, {kind.default_in: successor})
+        except NotFoundError:
+            return  # the parent went meanwhile
+        except Exception:
+            log.error("could not move the default", kind=kind.name, parent=parent_id, exc_info=True)
+
     # -- helpers -------------------------------------------------------------------------------
+
+    def kind_lock(self, kind: Kind | str):
+        """Held around every write of a `serialize_writes` kind (a no-op for other kinds); also
+        taken by side effects that must not interleave with those writes (a Kiwi's Reload)."""
+        kind = _kind(kind)
+        return self.locks.hold(("writes", kind.name)) if kind.serialize_writes else _nothing()
 
     def _parent_lock(self, kind: Kind, parent_id: str | None):
         """Creating a child and deleting its parent exclude each other (same lock key)."""
@@ -232,6 +302,10 @@ def to_api(kind: Kind | str, doc: Document) -> dict[str, Any]:
         value = doc_value(doc, f.doc_key, None)
         out[f.name] = f.empty() if value is None else value
     return out
+
+
+def _count_of(n: int, label: str) -> str:
+    return f"{n} {label}{'' if n == 1 else 's'}"
 
 
 def _kind(kind: Kind | str) -> Kind:

@@ -180,7 +180,9 @@ class Field:
 
     `db` is the document path when it differs from the API name (upstream's schema v2 names);
     `read_only` fields are ignored on input and served on output; `write_only` ones are accepted
-    and never served; `immutable` ones may be given at creation only (400 on a change).
+    and never served; `immutable` ones may be given at creation only (400 on a change);
+    `create_only` ones are set at creation and silently ignored on updates (the client's *Update
+    models leave them out and upstream ignores them: a template's source, a subnet's CIDR).
     """
 
     name: str
@@ -190,6 +192,7 @@ class Field:
     read_only: bool = False
     write_only: bool = False
     immutable: bool = False
+    create_only: bool = False
     db: str = ""
     validate: Callable[[Any, str], Any] | None = None
 
