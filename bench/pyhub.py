@@ -4,13 +4,13 @@ contract on a loopback port, so `../shared/peers/bench.sh` measures it exactly l
     HUB_CMD="python bench/pyhub.py -c kahuna.yml --ctl 127.0.0.1:18081" IMPL=kahuna bench.sh ...
 
 GET /stats (registered, rss), POST /fanout, POST /rpcload: see kahuna/hub/__main__.py `Control`.
-This is a benchmark harness, not part of the daemon: the control port exists only here.
+This is a benchmark harness, not part of the daemon: the control port exists only here. The
+daemon runs as in production (no gc.freeze(): frozen sessions would keep their garbage).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import resource
 import signal
 import sys
@@ -26,18 +26,6 @@ from kahuna.cli import ensure_secrets  # noqa: E402
 from kahuna.config import load  # noqa: E402
 from kahuna.hub.__main__ import Control  # noqa: E402
 from kahuna.server import run  # noqa: E402
-
-
-async def freeze_after_waves(hub) -> None:
-    """gc.freeze() once a connect wave has settled: long-lived sessions leave the GC's scans."""
-    seen = 0
-    while True:
-        await trio.sleep(2.0)
-        now = hub.stats.registrations
-        if now != seen and now - seen < 50:
-            gc.collect()
-            gc.freeze()
-        seen = now
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -61,7 +49,6 @@ async def serve_extras(scope: trio.CancelScope, hub, host: str, port: int) -> No
     with scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(trio.serve_tcp, Control(hub).handle, port, host=host))
-            nursery.start_soon(freeze_after_waves, hub)
 
 
 if __name__ == "__main__":
