@@ -64,8 +64,23 @@ class Hub:
     ping_interval: float = 9.0
     pong_timeout: float = 10.0
     capabilities_timeout: float = 10.0
+    # deadline of an agent call made for an API request (a template download); upstream: 3600 s
+    call_timeout: float = 600.0
     max_message_size: int = 16 * 1024 * 1024
     clock_skew: float = 300.0
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """User accounts: password policy, mailed-link lifetimes, login throttling (all ours but the
+    first, which upstream's docs describe as a policy)."""
+
+    allow_user_chosen_passwords: bool = True  # global.passwords.allowUserChosen
+    confirm_link_hours: float = 48.0  # global.accounts.confirmLinkHours
+    reset_link_hours: float = 1.0  # global.accounts.resetLinkHours
+    login_failures_per_account: int = 5  # global.login.maxFailuresPerAccount
+    login_failures_per_address: int = 50  # global.login.maxFailuresPerAddress
+    login_window_seconds: float = 900.0  # global.login.windowSeconds
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,9 @@ class Config:
     bootstrap_user: str = ""
     bootstrap_pubkey: str = ""
     smtp: Smtp = Smtp()
+    accounts: Accounts = Accounts()
+    # peers whose X-Forwarded-For is believed (the front proxy); others are the client themselves
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     data_dir: Path = Path("data")
     cloudinit: CloudInit = CloudInit()
     source: str = "(defaults)"
@@ -173,6 +191,19 @@ def _address(section: _Section, key: str, default: str) -> str:
     return value
 
 
+def _addresses(section: _Section, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = section.get(key, list(default))
+    if not isinstance(value, list):
+        raise ConfigError(f"{section._key(key)}: expected a list of IP addresses")
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_address(str(item))))
+        except ValueError:
+            raise ConfigError(f"{section._key(key)}: {item!r} is not an IP address") from None
+    return tuple(out)
+
+
 def _port(section: _Section, key: str, default: int) -> int:
     # 0 asks the OS for a free port (tests, benchmarks); the bound port is logged at start.
     return section.integer(key, default, low=0, high=65535)
@@ -195,6 +226,9 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
     cache = glob.section("cache")
     boot = glob.section("bootstrap")
     smtp = glob.section("smtp")
+    passwords = glob.section("passwords")
+    accounts = glob.section("accounts")
+    login = glob.section("login")
     cloud = root.section("cloudinit")
 
     public_url = glob.string("publicUrl", d.public_url).rstrip("/")
@@ -227,6 +261,7 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
             ping_interval=ws.number("pingInterval", d.hub.ping_interval),
             pong_timeout=ws.number("pongTimeout", d.hub.pong_timeout),
             capabilities_timeout=ws.number("capabilitiesTimeout", d.hub.capabilities_timeout),
+            call_timeout=ws.number("callTimeout", d.hub.call_timeout),
             max_message_size=ws.integer("maxMessageSize", d.hub.max_message_size, low=1024, high=1 << 30),
             clock_skew=ws.number("clockSkew", d.hub.clock_skew),
         ),
@@ -249,6 +284,15 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
             username=smtp.string("username", d.smtp.username),
             password=smtp.string("password", d.smtp.password),
         ),
+        accounts=Accounts(
+            allow_user_chosen_passwords=passwords.boolean("allowUserChosen", d.accounts.allow_user_chosen_passwords),
+            confirm_link_hours=accounts.number("confirmLinkHours", d.accounts.confirm_link_hours),
+            reset_link_hours=accounts.number("resetLinkHours", d.accounts.reset_link_hours),
+            login_failures_per_account=login.integer("maxFailuresPerAccount", d.accounts.login_failures_per_account, low=1),
+            login_failures_per_address=login.integer("maxFailuresPerAddress", d.accounts.login_failures_per_address, low=1),
+            login_window_seconds=login.number("windowSeconds", d.accounts.login_window_seconds),
+        ),
+        trusted_proxies=_addresses(http, "trustedProxies", d.trusted_proxies),
         data_dir=Path(glob.string("dataDir", str(d.data_dir))),
         cloudinit=cloudinit,
         source=source,
@@ -256,7 +300,8 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
     if config.http.port and config.http.port == config.hub.port and config.http.address == config.hub.address:
         raise ConfigError("global.ws.port: the agent hub cannot share the HTTP port "
                           f"{config.http.port} (route /ws to it in the front proxy instead)")
-    unknown = [k for s in (root, glob, jwt, http, ws, db, cache, boot, smtp, cloud) for k in s.unknown()]
+    unknown = [k for s in (root, glob, jwt, http, ws, db, cache, boot, smtp, passwords, accounts, login, cloud)
+               for k in s.unknown()]
     return config, unknown
 
 

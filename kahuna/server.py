@@ -10,17 +10,25 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import AsyncIterator
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from kahuna.api import agents as agents_api
+from kahuna.api import infra as infra_api
 from kahuna.api.app import create_app
 from kahuna.api.authn import HeaderAuthenticator
+from kahuna.auth.mail import Outbox
 from kahuna.config import Config
-from kahuna.hub import listener as hub_listener
+from kahuna.hub.hub import Hub
+from kahuna.hub.settings import HubSettings
 from kahuna.logs import get_logger
+from kahuna.orchestrator import agent_hooks
+from kahuna.orchestrator.agent_credentials import StoredAgentCredentials
+from kahuna.orchestrator.agent_keys import AgentKeys
 from kahuna.resources import catalog
 from kahuna.resources.kind import all_kinds
 from kahuna.resources.service import Resources
@@ -41,8 +49,12 @@ class Secrets:
 
 @dataclass(frozen=True)
 class Bound:
+    """What a started Kahuna tells its starter (tests and benchmarks reach the hub through it)."""
+
     http: tuple[str, int]
-    hub: tuple[str, int]
+    hub_address: tuple[str, int]
+    hub: Hub
+    resources: Resources
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -74,34 +86,78 @@ async def prepared_store(config: Config) -> AsyncIterator[Store]:
         yield store
 
 
+def hub_settings(config: Config) -> HubSettings:
+    return HubSettings(
+        ping_interval=config.hub.ping_interval,
+        pong_timeout=config.hub.pong_timeout,
+        capabilities_timeout=config.hub.capabilities_timeout,
+        call_timeout=config.hub.call_timeout,
+        max_message_size=config.hub.max_message_size,
+        clock_skew=config.hub.clock_skew,
+        backlog=4096,  # a reconnect storm after a failover
+    )
+
+
+def build_app(resources: Resources, secrets: Secrets, *, hub=None, agent_keys=None):
+    """The HTTP app with every route of every feature (the route-table test builds it this way
+    too, so it sees exactly the routes production serves)."""
+    authenticate = HeaderAuthenticator(secrets.master_key, resources=resources,
+                                       jwt_signature=secrets.jwt_signature,
+                                       server_secret=secrets.server_secret)
+    return create_app(resources, authenticate, installers=[
+        partial(agents_api.install, resources=resources, keys=agent_keys, hub=hub),
+        partial(infra_api.install, resources=resources),
+    ])
+
+
 async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
               task_status=trio.TASK_STATUS_IGNORED) -> None:
     async with prepared_store(config) as store:
-        resources = Resources(store, config=config)
-        app, _ = create_app(resources, HeaderAuthenticator(secrets.master_key))
+        resources = Resources(store, config=config, secrets=secrets)
+        credentials = StoredAgentCredentials(resources, secrets.server_secret)
+        await credentials.load_all()
+        hub = Hub(hub_settings(config), credentials)
+        agent_keys = AgentKeys(resources, credentials, hub=hub, admin_email=config.admin_email,
+                               mail_enabled=config.smtp.enabled)
+        outbox = Outbox(config.smtp)  # mails queued by enqueue(); sent by a background task
+        resources.extras.update(hub=hub, agent_keys=agent_keys, outbox=outbox)
+        agent_hooks.install(hub, resources)
+        app, _ = build_app(resources, secrets, hub=hub, agent_keys=agent_keys)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serve_http, app, config, shutdown)
-            hub_scope = trio.CancelScope()
-            hub_addr = await nursery.start(_serve_hub, hub_scope, config)
+            background = trio.CancelScope()  # the hub and the watchers: cancelled at shutdown
+            hub_addr = await nursery.start(_serve_background, background, hub, credentials, config,
+                                           partial(outbox.run, resources),
+                                           partial(resources.extras["storage"].run, resources))
             http_addr = _parse_bind(binds[0])
             log.info("listening", service="http", address=f"{http_addr[0]}:{http_addr[1]}")
             log.info("listening", service="hub", address=f"{hub_addr[0]}:{hub_addr[1]}")
-            task_status.started(Bound(http_addr, hub_addr))
+            task_status.started(Bound(http_addr, hub_addr, hub, resources))
             await shutdown.wait()
             log.info("stopping", graceful_seconds=GRACEFUL_SECONDS)
             # hypercorn stops accepting on the same event and finishes in-flight requests by
-            # itself; the hub listener is cancelled; nothing may outlive the grace period.
-            hub_scope.cancel()
+            # itself; agent sessions are closed with 1001; nothing outlives the grace period.
             nursery.cancel_scope.deadline = trio.current_time() + GRACEFUL_SECONDS + 0.5
+            await hub.shutdown(timeout=GRACEFUL_SECONDS - 1.0)
+            background.cancel()
 
 
 async def _serve_http(app, config: Config, shutdown: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED):
     await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
 
 
-async def _serve_hub(scope: trio.CancelScope, config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
+async def _serve_background(scope: trio.CancelScope, hub: Hub, credentials: StoredAgentCredentials,
+                            config: Config, outbox_run=None, pool_refresh=None, *,
+                            task_status=trio.TASK_STATUS_IGNORED):
     with scope:
-        await hub_listener.serve(config.hub.address, config.hub.port, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(hub.serve, config.hub.address, config.hub.port)
+            await nursery.start(credentials.watch)
+            if outbox_run is not None:
+                await nursery.start(outbox_run)
+            if pool_refresh is not None:  # storage pools' statistics, from their agents
+                await nursery.start(pool_refresh)
+            task_status.started(address)
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Callable, Iterable
 
 from quart import g, request
 from quart_trio import QuartTrio
 
 import kahuna
-from kahuna.api import errors, generic
+from kahuna.api import errors, generic, identity, session
 from kahuna.api.routes import Authenticator, RouteTable, json_response
 from kahuna.logs import get_logger
 from kahuna.resources.kind import all_kinds
@@ -19,22 +20,30 @@ MAX_BODY = 16 * 1024 * 1024  # cloud-init payloads and large templates' metadata
 log = get_logger("kahuna.http")
 
 
-def create_app(resources: Resources, authenticate: Authenticator) -> tuple[QuartTrio, RouteTable]:
+def create_app(resources: Resources, authenticate: Authenticator, *,
+               installers: Iterable[Callable[[RouteTable], None]] = ()) -> tuple[QuartTrio, RouteTable]:
+    """`installers` add the special (non-generic) routes of each feature to the route table."""
     app = QuartTrio("kahuna")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     errors.install(app)
-    table = RouteTable(app, authenticate)
+    table = RouteTable(app, authenticate, resources)
     generic.install(table, resources, all_kinds())
+    session.install(table, resources)
+    identity.install(table, resources)
+    for install in installers:
+        install(table)
 
     _log_requests(app)
 
-    @app.get("/healthz")
-    async def healthz():
+    async def healthz(principal):
         ok = await resources.store.ping()
         body = {"status": "ok" if ok else "degraded", "store": "ok" if ok else "unreachable",
                 "version": kahuna.__version__}
         return json_response(body, 200 if ok else 503)
+
+    # through the table like every route: the route-table test checks that none bypasses it
+    table.add("/healthz", "GET", "public", healthz, name="healthz", prefix="")
 
     return app, table
 

@@ -6,15 +6,25 @@ For a kind `zone` with parent `region`:
   GET  /zone                        ids of all zones
   GET|PUT|DELETE /zone/{zoneId}     read (200), partial update (200), delete (200, null)
 List endpoints answer arrays of id strings, as upstream does.
+
+Access (kahuna.auth.policy): each route carries the kind's rule for its operation. The route
+guard checks it against the object the path names before the handler runs (an object the caller
+may not see is a 404, like an unknown id); list handlers keep only what the caller may see.
+A list under a parent is guarded by the parent's read rule (the caller must see the parent) and
+filtered by the child's; a child kind readable by admins only keeps its `admin` rule.
 """
 
 from __future__ import annotations
 
-from kahuna.api.routes import RouteTable, json_body, json_response
-from kahuna.resources.kind import Kind, get_kind
-from kahuna.resources.service import Resources, to_api
-
 from quart import request
+
+from kahuna.api.routes import RouteTable, json_body, json_response, target_doc
+from kahuna.auth import policy
+from kahuna.resources.kind import Kind, get_kind
+from kahuna.resources.service import Resources
+from kahuna.resources.views import present
+
+_GATE_ONLY = ("admin", "public", "projectCreator")
 
 
 def install(table: RouteTable, resources: Resources, kinds: list[Kind]) -> None:
@@ -27,15 +37,16 @@ def _install_kind(table: RouteTable, res: Resources, kind: Kind) -> None:
     access = kind.access
 
     async def list_all(principal):
-        return json_response([d["_id"] for d in await res.list(kind)])
+        docs = await policy.visible(res, principal, access.read, kind, await res.list(kind))
+        return json_response([d["_id"] for d in docs])
 
     async def read(principal, **params):
-        return json_response(to_api(kind, await res.get(kind, params[kind.id_param])))
+        return json_response(present(kind, target_doc()))
 
     async def update(principal, **params):
         doc = await res.update(kind, params[kind.id_param], await json_body(),
                                principal=principal, query=request.args)
-        return json_response(to_api(kind, doc))
+        return json_response(present(kind, doc))
 
     async def delete(principal, **params):
         await res.delete(kind, params[kind.id_param], principal=principal, query=request.args)
@@ -53,7 +64,7 @@ def _install_kind(table: RouteTable, res: Resources, kind: Kind) -> None:
     if kind.parent is None:
         async def create(principal):
             doc = await res.create(kind, await json_body(), principal=principal, query=request.args)
-            return json_response(to_api(kind, doc), 201)
+            return json_response(present(kind, doc), 201)
 
         if "create" in kind.routes:
             table.add(f"/{kind.name}", "POST", access.create, create, name=f"create_{kind.name}")
@@ -65,12 +76,17 @@ def _install_kind(table: RouteTable, res: Resources, kind: Kind) -> None:
     async def create_child(principal, **params):
         doc = await res.create(kind, await json_body(), params[parent.id_param],
                                principal=principal, query=request.args)
-        return json_response(to_api(kind, doc), 201)
+        return json_response(present(kind, doc), 201)
 
     async def list_children(principal, **params):
-        return json_response([d["_id"] for d in await res.list(kind, params[parent.id_param])])
+        children = await res.list(kind, params[parent.id_param])
+        docs = await policy.visible(res, principal, access.read, kind, children)
+        return json_response([d["_id"] for d in docs])
 
+    list_rule = access.read if access.read in _GATE_ONLY else parent.access.read
     if "create" in kind.routes:
-        table.add(f"{under}/{kind.name}", "POST", access.create, create_child, name=f"create_{parent.name}_{kind.name}")
+        table.add(f"{under}/{kind.name}", "POST", access.create, create_child,
+                  name=f"create_{parent.name}_{kind.name}")
     if "children" in kind.routes:
-        table.add(f"{under}/{kind.plural}", "GET", access.read, list_children, name=f"list_{parent.name}_{kind.plural}")
+        table.add(f"{under}/{kind.plural}", "GET", list_rule, list_children,
+                  name=f"list_{parent.name}_{kind.plural}")

@@ -1,21 +1,28 @@
 """The API route table: every route is registered here with its access rule.
 
 `RouteTable.add` wraps the handler so that, before it runs, the caller is authenticated
-(`Authenticator`) and the route's rule is checked (`kahuna.auth.policy`): a handler never sees an
-unauthenticated or unauthorised request, and a route cannot exist without a rule.
+(`Authenticator`, skipped on `public` routes) and the route's rule is checked by
+`kahuna.auth.policy`: first the role (`gate`: 401/403), then, when the path names an object
+(the route's *target*, by default its first path parameter), that object is loaded and the rule
+is checked against it (404 for an object the caller may not see, exactly like an unknown id).
+A handler never sees an unauthenticated or unauthorised request; it finds the loaded target with
+`target_doc()`. A route cannot exist without a rule, and the route-table test fails for any
+application route that did not come through here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol
 
-from quart import Response, request
+from quart import Response, g, request
 
 from kahuna.auth import policy
 from kahuna.auth.principal import Principal
-from kahuna.resources.errors import Forbidden, Invalid, Unauthorized
+from kahuna.resources.errors import Invalid
+from kahuna.resources.kind import all_kinds
 
 API_PREFIX = "/api/v1"
 
@@ -26,38 +33,79 @@ class Authenticator(Protocol):
         credential is wrong."""
 
 
+_PARAM = re.compile(r"{(\w+)}")
+_DEFAULT: Any = object()
+
+
 @dataclass(frozen=True)
 class Route:
     path: str  # as the client writes it: /region/{regionId}
     method: str
     rule: str
     name: str
+    target: str | None = None  # the path parameter naming the object the rule is checked on
+    kind: str | None = None  # the kind of that object
+    prefix: str = API_PREFIX
+
+    @property
+    def params(self) -> list[str]:
+        return _PARAM.findall(self.path)
 
 
 class RouteTable:
-    def __init__(self, app, authenticate: Authenticator) -> None:
+    def __init__(self, app, authenticate: Authenticator, resources=None) -> None:
         self.app = app
         self.authenticate = authenticate
+        self.resources = resources
         self.routes: list[Route] = []
 
     def add(self, path: str, method: str, rule: str, handler: Callable[..., Awaitable[Any]],
-            *, name: str, prefix: str = API_PREFIX) -> None:
+            *, name: str, prefix: str = API_PREFIX, target: str | None = _DEFAULT) -> Route:
+        """Register `handler(principal, **path_params)` for `method path`, guarded by `rule`.
+
+        `target` is the path parameter whose object the rule is checked on (default: the first
+        one; None: no object check, e.g. a list that the handler filters itself). It must be some
+        kind's id parameter (`regionId`, `projectId`, ...).
+        """
         policy.check_rule(rule)
-        route = Route(path, method, rule, name)
-        if any(r.path == path and r.method == method for r in self.routes):
+        params = _PARAM.findall(path)
+        if target is _DEFAULT:
+            target = params[0] if params and rule != "public" else None
+        kind = None
+        if target is not None:
+            if target not in params:
+                raise ValueError(f"route {method} {path}: target {target!r} is not a path parameter")
+            kind = _kind_of_param(target)
+        route = Route(path, method, rule, name, target, kind, prefix)
+        if any(r.path == path and r.method == method and r.prefix == prefix for r in self.routes):
             raise ValueError(f"route {method} {path} registered twice")
         self.routes.append(route)
 
         async def guarded(**params):
-            principal = await self.authenticate(request.headers)
-            if not policy.allowed(rule, principal):
-                if principal is None:
-                    raise Unauthorized("authentication required (X-API-Key or Authorization: Bearer)")
-                raise Forbidden("not allowed")
+            principal = None
+            if rule != "public":
+                principal = await self.authenticate(request.headers)
+            policy.gate(rule, principal)
+            if target is not None:
+                g.kahuna_target = await policy.load(self.resources, principal, rule, kind, params[target])
+            g.kahuna_principal = principal
             return await handler(principal, **params)
 
         guarded.__name__ = f"{name}_{method.lower()}"
         self.app.add_url_rule(prefix + _quart_path(path), guarded.__name__, guarded, methods=[method])
+        return route
+
+
+def target_doc() -> dict[str, Any]:
+    """The object the current route's rule was checked on (loaded by the route guard)."""
+    return g.kahuna_target
+
+
+def _kind_of_param(param: str) -> str:
+    for kind in all_kinds():
+        if kind.id_param == param:
+            return kind.name
+    raise ValueError(f"path parameter {param!r} is no kind's id parameter")
 
 
 def _quart_path(path: str) -> str:
@@ -77,3 +125,15 @@ async def json_body() -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Invalid(f"malformed JSON: {exc}") from None
+
+
+def query_bool(name: str, default: bool = False) -> bool:
+    """A boolean query parameter as the official client writes it (`true` / `false`)."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise Invalid(f"{name}: expected true or false, got {raw!r}")

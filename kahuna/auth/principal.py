@@ -14,10 +14,17 @@ class Principal:
     user_id: str | None = None  # None for the master key
     email: str = ""
     team_ids: frozenset[str] = field(default_factory=frozenset)
+    session_id: str | None = None  # the JWT's jti (what logout revokes)
+    token_id: str | None = None  # the API key's token document
 
     @property
     def is_super_admin(self) -> bool:
         return self.role == "superAdmin"
+
+    @property
+    def is_project_admin(self) -> bool:
+        """projectAdmin or above (upstream's IsProjectAdmin is true for superAdmin too)."""
+        return self.role in ("superAdmin", "projectAdmin")
 
 
 MASTER = Principal(role="superAdmin", via="master-key")

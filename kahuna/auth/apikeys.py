@@ -1,0 +1,150 @@
+"""API keys of users and agents (upstream collection `token`), found in O(1) by a keyed digest.
+
+A token document belongs to a user *or* an agent:
+    {name, description, parent_type: "user"|"agent", user_id | agent_id, expire, expiration_date,
+     key_digest, [sealed_key (agents only)]}
+- `key_digest` = HMAC-SHA256 under the server secret (`secrets.keyed_digest`), indexed, so the
+  owner of a presented key is one indexed lookup away (upstream bcrypt-compared every token);
+- `sealed_key` (agents only) is the key itself, AES-GCM-sealed under the server secret with the
+  agent id as associated data: the HMAC hub handshake needs the key, not a digest of it;
+- the plaintext key is returned once by `issue_key` for the caller to mail it; it is never stored
+  in clear nor logged.
+
+Expiry is a date (`YYYY-MM-DD`, UTC): the key works through that whole day and is refused from
+the next one (`expires_at`).
+
+Other features call: `issue_key`, `find_by_key`, `revoke_for`, `token_of`, `expires_at`,
+`is_expired`, `agent_key`, `parse_expiration`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from kahuna.auth.secrets import ALPHANUMERIC, equal, generate_key, keyed_digest, seal, unseal
+from kahuna.resources.errors import Invalid, Missing
+
+KEY_LENGTH = 64
+TOKEN_KIND = "token"
+PARENT_FIELDS = {"user": "user_id", "agent": "agent_id"}
+_ALNUM = frozenset(ALPHANUMERIC)
+
+
+def digest(server_secret: str, key: str) -> str:
+    return keyed_digest(server_secret.encode(), key, "api-key")
+
+
+def looks_like_key(value: str) -> bool:
+    return len(value) == KEY_LENGTH and all(c in _ALNUM for c in value)
+
+
+def parse_expiration(expire: Any, expiration_date: Any, *, today: date | None = None,
+                     allow_past: bool = False) -> str | None:
+    """Validate an (expire, expiration_date) pair; answers the date to store (None: never).
+
+    `expire` true needs a date (422 when absent); a date with `expire` false is a contradiction
+    (400); a date already past is refused unless `allow_past` (a key born expired is useless).
+    """
+    if not isinstance(expire, bool):
+        raise Invalid("expire: expected true or false")
+    if not expire:
+        if expiration_date not in (None, ""):
+            raise Invalid("expirationDate: given while expire is false")
+        return None
+    if expiration_date in (None, ""):
+        raise Missing("expirationDate: required when expire is true")
+    value = parse_date(expiration_date, "expirationDate")
+    if not allow_past and value < (today or datetime.now(timezone.utc).date()):
+        raise Invalid(f"expirationDate: {value.isoformat()} is already past")
+    return value.isoformat()
+
+
+def parse_date(value: Any, path: str) -> date:
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str):
+        raise Invalid(f"{path}: expected a date (YYYY-MM-DD)")
+    try:
+        if len(value) != 10:
+            raise ValueError
+        return date.fromisoformat(value)
+    except ValueError:
+        raise Invalid(f"{path}: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def expires_at(doc: dict[str, Any]) -> datetime | None:
+    """The instant the key stops working (the start of the day after its expiration date)."""
+    if not doc.get("expire") or not doc.get("expiration_date"):
+        return None
+    try:
+        day = parse_date(doc["expiration_date"], "expiration_date")
+    except Invalid:
+        return datetime.min.replace(tzinfo=timezone.utc)  # unreadable: treat as expired
+    return datetime.combine(day + timedelta(days=1), time.min, tzinfo=timezone.utc)
+
+
+def is_expired(doc: dict[str, Any], now: datetime | None = None) -> bool:
+    end = expires_at(doc)
+    return end is not None and (now or datetime.now(timezone.utc)) >= end
+
+
+async def token_of(resources, parent_type: str, parent_id: str) -> dict[str, Any] | None:
+    docs = await resources.list(TOKEN_KIND, **{PARENT_FIELDS[parent_type]: parent_id})
+    return docs[0] if docs else None
+
+
+async def issue_key(resources, server_secret: str, parent_type: str, parent_id: str, name: str,
+                    expire: bool, expiration_date: str | None) -> tuple[dict[str, Any], str]:
+    """Create or rotate the API key of a user or an agent: answers (token document, plaintext key).
+
+    Any previous key of that parent stops working at once. The token document keeps its id across
+    rotations (references to it stay valid); a parent never has more than one token.
+    """
+    field = PARENT_FIELDS[parent_type]
+    key = generate_key(KEY_LENGTH)
+    server = {"parent_type": parent_type, field: parent_id, "key_digest": digest(server_secret, key),
+              "expire": bool(expire), "expiration_date": expiration_date if expire else None}
+    if parent_type == "agent":
+        server["sealed_key"] = seal(server_secret.encode(), key, associated=parent_id)
+    async with resources.locks.hold(("api-key-of", parent_type, parent_id)):
+        existing = await resources.list(TOKEN_KIND, **{field: parent_id})
+        if existing:
+            doc = await resources.set_fields(TOKEN_KIND, existing[0]["_id"], {"name": name, **server})
+            for extra in existing[1:]:
+                await resources.delete(TOKEN_KIND, extra["_id"])
+        else:
+            payload = {"name": name, "description": f"API key of {parent_type} {parent_id}",
+                       "expire": bool(expire)}
+            if expire:
+                payload["expiration_date"] = expiration_date
+            doc = await resources.create(TOKEN_KIND, payload, server_fields=server)
+    return doc, key
+
+
+async def find_by_key(resources, server_secret: str, key: str) -> dict[str, Any] | None:
+    """The token document of a presented key, if it is one of ours and has not expired."""
+    if not isinstance(key, str) or not looks_like_key(key):
+        return None
+    wanted = digest(server_secret, key)
+    docs = await resources.store.find(TOKEN_KIND, {"key_digest": wanted}, limit=2)
+    if len(docs) != 1 or not equal(docs[0].get("key_digest") or "", wanted):
+        return None
+    return None if is_expired(docs[0]) else docs[0]
+
+
+async def revoke_for(resources, parent_type: str, parent_id: str) -> int:
+    """Delete every key of this user or agent; answers how many there were."""
+    field = PARENT_FIELDS[parent_type]
+    async with resources.locks.hold(("api-key-of", parent_type, parent_id)):
+        docs = await resources.list(TOKEN_KIND, **{field: parent_id})
+        for doc in docs:
+            await resources.delete(TOKEN_KIND, doc["_id"])
+    return len(docs)
+
+
+def agent_key(server_secret: str, doc: dict[str, Any]) -> str:
+    """The plaintext key of an agent's token (ValueError if it does not open)."""
+    if doc.get("parent_type") != "agent" or not doc.get("sealed_key"):
+        raise ValueError("not an agent token with a sealed key")
+    return unseal(server_secret.encode(), doc["sealed_key"], associated=doc["agent_id"])
