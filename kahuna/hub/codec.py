@@ -43,9 +43,29 @@ class FrameError(ValueError):
         self.call_id = call_id
 
 
+# `,"method":"<method>","params":` per method name: a request is then one `%` of three parts
+# instead of json encoding a fresh dict (the method string is escaped once, not per call)
+_request_heads: dict[str, bytes] = {}
+_REQUEST_HEADS_MAX = 1024
+
+
+def _request_head(method: str) -> bytes:
+    head = _request_heads.get(method)
+    if head is None:
+        head = f',"method":{_encoder.encode(method)},"params":'.encode()
+        if len(_request_heads) < _REQUEST_HEADS_MAX:
+            _request_heads[method] = head
+    return head
+
+
 def encode_request(call_id: int, method: str, params: Any) -> bytes:
-    """Serialize one request; raises TypeError/ValueError for params JSON cannot carry."""
-    return _encoder.encode({"id": call_id, "method": method, "params": params}).encode()
+    """Serialize one request; raises TypeError/ValueError for params JSON cannot carry.
+
+    The same bytes as encoding {"id", "method", "params"} compactly, built from a cached head.
+    """
+    if type(call_id) is not int:
+        raise TypeError("call id must be an int")
+    return b'{"id":%d%s%s}' % (call_id, _request_head(method), _encoder.encode(params).encode())
 
 
 def encode_reply(call_id: int, result: Any, error: str | None) -> bytes:
@@ -57,6 +77,11 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# json.loads(data, parse_constant=...) builds a new JSONDecoder on every call: keep one
+_decoder = json.JSONDecoder(parse_constant=_no_constants)
+_detect_encoding = json.detect_encoding
+
+
 def valid_id(value: Any) -> bool:
     return type(value) is int and 0 <= value <= MAX_ID
 
@@ -64,7 +89,8 @@ def valid_id(value: Any) -> bool:
 def decode_reply(data: bytes | bytearray) -> Reply:
     """Parse and validate one reply frame; raises FrameError."""
     try:
-        doc = json.loads(data, parse_constant=_no_constants)
+        # what json.loads does with bytes (UTF-8/16/32 by sniffing), then the shared decoder
+        doc = _decoder.decode(bytes(data).decode(_detect_encoding(data), "surrogatepass"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FrameError(f"invalid JSON: {exc}") from None
     if type(doc) is not dict:
