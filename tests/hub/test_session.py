@@ -399,3 +399,32 @@ async def test_a_closing_session_is_never_registered(hub):
     session.close(4000, "disconnected by server")
     assert hub.hub._session_ready(session) is False
     assert not hub.hub.is_connected(KAKTUS)
+
+
+async def test_replies_reach_the_session_without_the_library_queue(hub):
+    """trio-websocket's reader hands each message straight to the session (no queue, no hop
+    through a second task): replies are delivered, the queue stays unused."""
+    from kahuna.hub.session import _DirectDelivery
+    agent = await hub.registered()
+    session = hub.hub.registry.get(KAKTUS)
+    assert isinstance(session.ws._send_channel, _DirectDelivery)
+    hub.nursery.start_soon(agent.echo_forever)
+    for n in range(20):
+        assert await hub.hub.call(KAKTUS, "Echo", {"n": n}, timeout=2) == {"n": n}
+    assert session.ws._recv_channel.statistics().current_buffer_used == 0
+
+
+async def test_direct_delivery_discards_messages_once_the_connection_is_closing():
+    """As the library's queue does: nothing is delivered after a close began."""
+    from kahuna.hub.session import _DirectDelivery
+
+    class FakeWs:
+        _close_reason = None
+
+    got = []
+    ws = FakeWs()
+    channel = _DirectDelivery(ws, got.append)
+    await channel.send(b"one")
+    ws._close_reason = object()
+    await channel.send(b"two")
+    assert got == [b"one"]
