@@ -51,6 +51,15 @@ _SHED_BATCH = 64
 _CAPS_CACHE_MAX = 256
 
 
+def _raise_gc_thresholds(gen0: int | None, gen1: int | None) -> None:
+    """Raise (never lower) the collector's gen-0 and gen-1 thresholds; None leaves one alone."""
+    current = list(gc.get_threshold())
+    for i, wanted in ((0, gen0), (1, gen1)):
+        if wanted is not None and current[i] < wanted:
+            current[i] = wanted
+    gc.set_threshold(*current)
+
+
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
@@ -132,9 +141,7 @@ class Hub:
         if self._serve_scope is not None:
             raise RuntimeError("this hub is already serving")
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=self.settings.backlog)
-        young, *older = gc.get_threshold()
-        if self.settings.gc_threshold is not None and young < self.settings.gc_threshold:
-            gc.set_threshold(self.settings.gc_threshold, *older)
+        _raise_gc_thresholds(self.settings.gc_threshold, self.settings.gc_threshold_gen1)
         self._shutting_down = False
         self._stopped = trio.Event()
         self._reserve_fd = self._open_reserve()

@@ -428,3 +428,19 @@ async def test_direct_delivery_discards_messages_once_the_connection_is_closing(
     ws._close_reason = object()
     await channel.send(b"two")
     assert got == [b"one"]
+
+
+def test_gc_thresholds_are_raised_never_lowered():
+    import gc
+    from kahuna.hub.hub import _raise_gc_thresholds
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        _raise_gc_thresholds(100_000, 50)
+        assert gc.get_threshold() == (100_000, 50, 10)
+        _raise_gc_thresholds(1_000, 5)
+        assert gc.get_threshold() == (100_000, 50, 10)
+        _raise_gc_thresholds(None, None)
+        assert gc.get_threshold() == (100_000, 50, 10)
+    finally:
+        gc.set_threshold(*saved)
