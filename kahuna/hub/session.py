@@ -1,17 +1,18 @@
 """One agent session: a small task tree that only moves bytes and waits.
 
     connection nursery           (one per TCP connection, opened by the hub)
-    +-- trio-websocket reader    wsproto bytes -> messages; answers pings
-    +-- Session.run()            the connection's own task, and the session's reader: it drains
-    |                            every message at once (so the library's reader never blocks and
-    |                            keeps answering pings under load) and resolves calls by id
+    +-- trio-websocket reader    wsproto bytes -> messages; answers pings; hands each message
+    |                            straight to Session._on_message (see _DirectDelivery), which
+    |                            never blocks, so pings are answered under load, and resolves
+    |                            calls by id
+    +-- Session.run()            the connection's own task: waits for the connection to end
     +-- _start                   <Type>.Capabilities, then registration, then the connect hooks
     |   +-- hooks                each in its own task; failures are logged, never fatal
     +-- _ping                    one WebSocket ping, started every ping_interval by the hub's
     |                            heartbeat scheduler; no pong within pong_timeout ends the session
     +-- _closer                  when we end the session: the close frame and its answer
-    calls                        run in the caller's task: send the frame, wait on the call's
-                                 event with the caller's deadline
+    calls                        run in the caller's task: send the frame, park until the reply
+                                 (or the caller's deadline) wakes it
 
 An idle session owns no task of its own besides the two readers: its heartbeat is an entry in
 the hub's ping queue, so thousands of idle agents cost little memory.
