@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol
 
+import trio
 from quart import Response, g, request
 
 from kahuna.auth import policy
@@ -34,6 +35,7 @@ class Authenticator(Protocol):
 
 
 _PARAM = re.compile(r"{(\w+)}")
+_DRAIN_SECONDS = 10.0
 _DEFAULT: Any = object()
 
 
@@ -82,18 +84,37 @@ class RouteTable:
         self.routes.append(route)
 
         async def guarded(**params):
-            principal = None
-            if rule != "public":
-                principal = await self.authenticate(request.headers)
-            policy.gate(rule, principal)
-            if target is not None:
-                g.kahuna_target = await policy.load(self.resources, principal, rule, kind, params[target])
-            g.kahuna_principal = principal
-            return await handler(principal, **params)
+            try:
+                principal = None
+                if rule != "public":
+                    principal = await self.authenticate(request.headers)
+                policy.gate(rule, principal)
+                if target is not None:
+                    g.kahuna_target = await policy.load(self.resources, principal, rule, kind, params[target])
+                g.kahuna_principal = principal
+                return await handler(principal, **params)
+            except Exception:
+                await _drain_body()
+                raise
 
         guarded.__name__ = f"{name}_{method.lower()}"
         self.app.add_url_rule(prefix + _quart_path(path), guarded.__name__, guarded, methods=[method])
         return route
+
+
+async def _drain_body() -> None:
+    """Read what is left of a request body before an error answers it.
+
+    Why: hypercorn recycles a keep-alive connection only once the request body has been read;
+    answering a refused PUT before its body was consumed left the client's next request on that
+    connection unanswered (seen with the official client's connection pool). Reading is bounded
+    by MAX_CONTENT_LENGTH and by a deadline, so a slow sender cannot hold the answer back.
+    """
+    try:
+        with trio.move_on_after(_DRAIN_SECONDS):
+            await request.get_data(cache=False)
+    except Exception:  # already consumed, too large, disconnected: nothing left to do
+        pass
 
 
 def target_doc() -> dict[str, Any]:

@@ -4,6 +4,8 @@ the account life cycle driven through the official client and the mailed links."
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import re
 import socket
@@ -124,7 +126,7 @@ def http(kahuna: Kahuna, method: str, path: str, body=None, *, headers=None, key
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         hdrs.setdefault("Content-Type", "application/json")
     url = (kahuna.api if api else kahuna.url) + path
-    resp = urllib3.request(method, url, body=data, headers=hdrs, retries=False, redirect=False, timeout=30)
+    resp = urllib3.request(method, url, body=data, headers=hdrs, retries=False, redirect=False, timeout=8)
     text = resp.data.decode()
     try:
         decoded = json.loads(text) if text else None
@@ -141,6 +143,17 @@ def open_link(kahuna: Kahuna, link: str):
 
 def admin_users(admin) -> kowabunga.UserApi:
     return kowabunga.UserApi(admin)
+
+
+def forge_jwt(claims: dict, signature: str = JWT_SIGNATURE, header: dict | None = None) -> str:
+    """An HS256 token signed here, with the test configuration's signature unless told otherwise."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(json.dumps(header or {"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(signature.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
 
 
 def jwt_claims(token: str) -> dict:

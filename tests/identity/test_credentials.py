@@ -3,10 +3,6 @@ strict bearer parsing, expired/forged/revoked tokens."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import time
 from datetime import date, timedelta
 
@@ -14,7 +10,7 @@ import kowabunga
 import pytest
 from kowabunga.exceptions import BadRequestException, UnauthorizedException, UnprocessableEntityException
 
-from tests.identity.helpers import (JWT_SIGNATURE, KEY_LINE, admin_users, create_confirmed_user, http,
+from tests.identity.helpers import (KEY_LINE, forge_jwt, admin_users, create_confirmed_user, http,
                                     jwt_claims, jwt_client, key_client, login)
 from tests.kahuna_proc import MASTER_KEY
 
@@ -100,16 +96,6 @@ def test_master_key_and_bad_keys(kahuna):
     assert status == 401
 
 
-def forge(claims: dict, signature: str = JWT_SIGNATURE, header: dict | None = None) -> str:
-    def b64(raw: bytes) -> str:
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-    head = b64(json.dumps(header or {"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps(claims).encode())
-    sig = hmac.new(signature.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{b64(sig)}"
-
-
 def test_expired_forged_and_malformed_tokens(kahuna, member):
     user, password = member
     token = login(kahuna, user.email, password)
@@ -117,21 +103,21 @@ def test_expired_forged_and_malformed_tokens(kahuna, member):
     assert http(kahuna, "GET", f"/user/{user.id}", token=token)[0] == 200
 
     # the very same session, signed with the right key, but past its expiry
-    expired = forge({**claims, "exp": int(time.time()) - 1})
+    expired = forge_jwt({**claims, "exp": int(time.time()) - 1})
     status, body, _ = http(kahuna, "GET", f"/user/{user.id}", token=expired)
     assert status == 401 and "expired" in body["reason"]
     # still valid tokens of the same session work (the forgery is exactly right but for exp)
-    assert http(kahuna, "GET", f"/user/{user.id}", token=forge(claims))[0] == 200
+    assert http(kahuna, "GET", f"/user/{user.id}", token=forge_jwt(claims))[0] == 200
 
     refused = {
-        "wrong key": forge(claims, signature="not-the-signature"),
-        "alg none": forge(claims, header={"alg": "none", "typ": "JWT"}),
-        "HS512 claim": forge(claims, header={"alg": "HS512", "typ": "JWT"}),
-        "other issuer": forge({**claims, "iss": "Mallory"}),
-        "promoted": forge({**claims, "role": "superAdmin", "uid": "0123456789abcdef01234567"}),
-        "unknown session": forge({**claims, "jti": "0123456789abcdef01234567"}),
-        "no jti": forge({k: v for k, v in claims.items() if k != "jti"}),
-        "string exp": forge({**claims, "exp": str(claims["exp"])}),
+        "wrong key": forge_jwt(claims, signature="not-the-signature"),
+        "alg none": forge_jwt(claims, header={"alg": "none", "typ": "JWT"}),
+        "HS512 claim": forge_jwt(claims, header={"alg": "HS512", "typ": "JWT"}),
+        "other issuer": forge_jwt({**claims, "iss": "Mallory"}),
+        "promoted": forge_jwt({**claims, "role": "superAdmin", "uid": "0123456789abcdef01234567"}),
+        "unknown session": forge_jwt({**claims, "jti": "0123456789abcdef01234567"}),
+        "no jti": forge_jwt({k: v for k, v in claims.items() if k != "jti"}),
+        "string exp": forge_jwt({**claims, "exp": str(claims["exp"])}),
         "truncated": token[:-2],
         "two parts": ".".join(token.split(".")[:2]),
     }
