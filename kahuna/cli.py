@@ -7,6 +7,7 @@ Exit codes: 0 clean stop, 1 runtime failure (e.g. the database is unreachable at
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 
@@ -15,6 +16,11 @@ import trio
 from kahuna import __version__, logs
 from kahuna.auth import generated
 from kahuna.config import Config, ConfigError, load
+from kahuna.orchestrator.agent_credentials import StoredAgentCredentials
+from kahuna.orchestrator.agent_keys import AgentKeys
+from kahuna.resources.agents import AGENT_TYPES
+from kahuna.resources.errors import DomainError
+from kahuna.resources.service import Resources
 from kahuna.server import Secrets, prepared_store, run
 from kahuna.store import errors as store_errors
 
@@ -28,6 +34,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-m", "--migrate", action="store_true",
                         help="create missing indexes and exit")
     parser.add_argument("-V", "--version", action="version", version=f"kahuna {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    agent = commands.add_parser("agent", help="manage agents and their keys (prints keys once)")
+    agent_cmds = agent.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+    create = agent_cmds.add_parser("create", help="create an agent and its key")
+    create.add_argument("--name", required=True)
+    create.add_argument("--type", required=True, choices=AGENT_TYPES)
+    create.add_argument("--description", default="")
+    create.add_argument("--count", type=int, default=1,
+                        help="create COUNT agents named NAME-0001... (one JSON line each with --json)")
+    create.add_argument("--json", action="store_true", help="print {id, type, key} as JSON")
+    rotate = agent_cmds.add_parser("rotate-key", help="issue a new key for an existing agent")
+    rotate.add_argument("agent_id")
+    rotate.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -48,10 +67,13 @@ def main(argv: list[str]) -> int:
     for key in unknown:
         log.warning("unknown configuration key ignored", key=key)
     try:
-        secrets = ensure_secrets(config)
+        # a sub-command's stdout is its output (JSON): the one-time key notice goes to stderr
+        secrets = ensure_secrets(config, sys.stderr if args.command else sys.stdout)
     except (OSError, ValueError) as exc:
         return fail(f"global.dataDir: {config.data_dir}: {exc}")
     try:
+        if args.command == "agent":
+            return trio.run(agent_command, config, secrets, args)
         if args.migrate:
             trio.run(migrate, config)
         else:
@@ -62,7 +84,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def ensure_secrets(config: Config) -> Secrets:
+def ensure_secrets(config: Config, notice=None) -> Secrets:
     """Use the configured secrets, or those generated into the data directory."""
     generated.ensure_data_dir(config.data_dir)
     master = config.api_key
@@ -70,13 +92,13 @@ def ensure_secrets(config: Config) -> Secrets:
         made = generated.master_api_key(config.data_dir)
         master = made.value
         if made.created:
-            announce_master_key(made)
+            announce_master_key(made, notice or sys.stdout)
     jwt = config.jwt_signature or generated.jwt_signature(config.data_dir).value
     server = config.server_secret or generated.server_secret(config.data_dir).value
     return Secrets(master_key=master, jwt_signature=jwt, server_secret=server)
 
 
-def announce_master_key(made: generated.Generated) -> None:
+def announce_master_key(made: generated.Generated, stream) -> None:
     """Shown once, on the terminal only (never in a log line)."""
     print(
         "\nKahuna generated a master API key (superAdmin). It is shown this once;\n"
@@ -84,7 +106,7 @@ def announce_master_key(made: generated.Generated) -> None:
         "Authenticate API calls with the header:\n\n"
         f"    X-API-Key: {made.value}\n\n"
         "e.g. curl -H 'X-API-Key: <key>' http://127.0.0.1:8080/api/v1/region\n",
-        flush=True,
+        file=stream, flush=True,
     )
 
 
@@ -111,3 +133,45 @@ async def migrate(config: Config) -> None:
     async with prepared_store(config):
         pass
     log.info("migration done", detail="indexes ensured")
+
+
+async def agent_command(config: Config, secrets: Secrets, args: argparse.Namespace) -> int:
+    """Create agents / rotate keys straight in the store, for operators without mail. A running
+    Kahuna on the same database picks the new keys up within seconds (credentials marker)."""
+    async with prepared_store(config) as store:
+        resources = Resources(store, config=config, secrets=secrets)
+        keys = AgentKeys(resources, StoredAgentCredentials(resources, secrets.server_secret))
+        try:
+            if args.agent_command == "rotate-key":
+                agent = await resources.get("agent", args.agent_id)
+                _, key = await keys.issue(agent["_id"])
+                _print_agent(agent, key, args.json)
+                return 0
+            if args.count < 1:
+                return fail("--count must be at least 1")
+            for i in range(1, args.count + 1):
+                name = args.name if args.count == 1 else f"{args.name}-{i:04d}"
+                agent = await resources.create("agent", {"name": name, "type": args.type,
+                                                         "description": args.description})
+                _, key = await keys.issue(agent["_id"], announce=False)
+                _print_agent(agent, key, args.json)
+            await keys.credentials.bump_marker()
+        except DomainError as exc:
+            return fail(exc.reason, 1)
+    return 0
+
+
+def _print_agent(agent: dict, key: str, as_json: bool) -> None:
+    """The key is shown here once; it is stored only as a digest and a sealed copy."""
+    if as_json:
+        print(json.dumps({"id": agent["_id"], "name": agent["name"], "type": agent["type"], "key": key}),
+              flush=True)
+    else:
+        print(f"agent {agent['name']} ({agent['type']})\n  id:  {agent['_id']}\n  key: {key}\n"
+              "Put them in the agent's configuration (global.id, global.apiKey); the key is not "
+              "shown again.", flush=True)
+
+
+def entry() -> int:
+    """The `kahuna` console script (same as `python kahuna.py`)."""
+    return main(sys.argv[1:])

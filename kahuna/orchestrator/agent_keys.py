@@ -29,13 +29,16 @@ class AgentKeys:
         self.admin_email = admin_email
         self.mail_enabled = mail_enabled
 
-    async def issue(self, agent_id: str, *, expire: bool = False,
-                    expiration_date: str | None = None) -> tuple[dict, str]:
+    async def issue(self, agent_id: str, *, expire: bool = False, expiration_date: str | None = None,
+                    announce: bool = True) -> tuple[dict, str]:
+        """`announce=False` skips telling other processes (a bulk caller does it once at the end
+        with `credentials.bump_marker()`)."""
         agent = await self.resources.get("agent", agent_id)
         token, key = await apikeys.issue_key(
             self.resources, self.credentials.server_secret, "agent", agent_id,
             f"{agent['name']}-api-key", expire, expiration_date)
-        await self.credentials.refresh(agent_id)
+        if announce:
+            await self.credentials.refresh(agent_id)
         if self.hub is not None:
             await self.hub.disconnect(agent_id, CLOSE_KEY_ROTATED, "agent key rotated")
         if self.mail_enabled and self.admin_email:
