@@ -1,15 +1,24 @@
 """What Kahuna does when an agent has connected (after its Capabilities call), per agent type.
 
-- Kaktus: `NodeCapabilities`, kept on the agent document (`capabilities`), where the hypervisor
-  resources that list this agent read it.
-- Kiwi: `Reload` with every DNS domain it serves (the regions' domains and their records).
+- Kaktus: `NodeCapabilities`, kept on the agent document (`capabilities`) and on every Kaktus
+  that lists the agent (kahuna.resources.compute); then `GetStoragePoolStats` for every storage
+  pool that lists it (kahuna.orchestrator.storage).
+- Kiwi: `Reload` with every DNS domain it serves: the domains and records of the regions whose
+  Kiwis list it (kahuna.orchestrator.dns).
 - Kontroller: `Reload`, so the appliance re-reads its metadata.
 Each hook calls only methods the agent advertised; failures are logged by the hub, never fatal.
+
+`install` also puts the infrastructure side-effect collaborators (`compute`, `storage`, `dns`)
+in `Resources.extras`, where the resource kinds' hooks find them.
 """
 
 from __future__ import annotations
 
 from kahuna.logs import get_logger
+from kahuna.orchestrator.compute import ComputeEffects
+from kahuna.orchestrator.dns import DnsEffects
+from kahuna.orchestrator.storage import StorageEffects
+from kahuna.resources import compute
 from kahuna.resources.service import Resources
 
 log = get_logger("kahuna.agents")
@@ -22,16 +31,17 @@ def _advertises(hub, agent_id: str, method: str) -> bool:
     return method in (status.get("methods") or ())
 
 
-async def dns_domains(resources: Resources) -> list[dict]:
-    """Kiwi's `Reload` argument: one entry per region domain, with its records."""
-    domains = []
-    for region in await resources.list("region"):
-        if region.get("domain"):
-            domains.append({"Name": region["domain"], "Records": []})
-    return domains
+async def dns_domains(resources: Resources, agent_id: str) -> list[dict]:
+    """Kiwi's `Reload` argument for one agent: its regions' domains, with their records."""
+    return await DnsEffects(None).reload_domains(resources, agent_id)
 
 
 def install(hub, resources: Resources) -> None:
+    resources.extras.setdefault("compute", ComputeEffects(hub))
+    resources.extras.setdefault("storage", StorageEffects(hub))
+    resources.extras.setdefault("dns", DnsEffects(hub))
+    storage, dns = resources.extras["storage"], resources.extras["dns"]
+
     async def kaktus(agent_id: str) -> None:
         if not _advertises(hub, agent_id, "NodeCapabilities"):
             return
@@ -40,18 +50,22 @@ def install(hub, resources: Resources) -> None:
         if agent.get("capabilities") != caps:  # a reconnect storm rewrites nothing
             await resources.set_fields("agent", agent_id, {"capabilities": caps})
             log.info("kaktus capabilities stored", agent=agent_id)
+        await compute.record_caps(resources, agent_id, caps)
+
+    async def kaktus_pools(agent_id: str) -> None:
+        if _advertises(hub, agent_id, "GetStoragePoolStats"):
+            await storage.on_agent_connect(resources, agent_id)
 
     async def kiwi(agent_id: str) -> None:
         if not _advertises(hub, agent_id, "Reload"):
             return
-        domains = await dns_domains(resources)
-        await hub.call(agent_id, "Kiwi.Reload", {"Domains": domains}, timeout=HOOK_TIMEOUT)
-        log.info("kiwi reloaded", agent=agent_id, domains=len(domains))
+        await dns.reload_agent(resources, agent_id, timeout=HOOK_TIMEOUT)
 
     async def kontroller(agent_id: str) -> None:
         if _advertises(hub, agent_id, "Reload"):
             await hub.call(agent_id, "Kontroller.Reload", {}, timeout=HOOK_TIMEOUT)
 
     hub.on_connect("Kaktus", kaktus)
+    hub.on_connect("Kaktus", kaktus_pools)
     hub.on_connect("Kiwi", kiwi)
     hub.on_connect("Kontroller", kontroller)
