@@ -159,7 +159,7 @@ class Outbox:
                 "updated_at": datetime.now(timezone.utc)})
             log.warning("mail not sent yet", id=doc["_id"], to=doc.get("to"), attempts=attempts,
                         retry_in_seconds=round(backoff, 1), reason=out.error)
-        return 0.0 if len(docs) == BATCH else IDLE_POLL
+        return 0.0  # look again at once: more may be due, or the next retry sets the wait
 
     def _message(self, doc: dict[str, Any], text: str) -> EmailMessage:
         msg = EmailMessage()

@@ -441,8 +441,8 @@ def subnet_size(query: Any) -> int:
         value = int(raw)
     except (TypeError, ValueError):
         raise Invalid(f"subnetSize: {raw!r} is not an integer") from None
-    if not 16 <= value <= 30:
-        raise Invalid("subnetSize: must be between 16 and 30")
+    if not 8 <= value <= 30:  # the official client's bounds
+        raise Invalid("subnetSize: must be between 8 and 30")
     return value
 
 
