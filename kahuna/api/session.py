@@ -70,7 +70,7 @@ def install(table: RouteTable, resources) -> None:
             raise Unauthorized("invalid email or password")
         per_account.forgive(email)
         if passwords.needs_rehash(stored):
-            await identity.set_password(resources, user, values["password"])
+            await identity.rehash_password(resources, user, values["password"])
         session_id, _ = await identity.open_session(resources, user, lifetime)
         token, _ = jwt.issue(key=secrets.jwt_signature, user_id=user["_id"], email=user["email"],
                              role=user.get("role", "user"), session_id=session_id,

@@ -315,6 +315,12 @@ async def confirm_password_reset(res, user_id: Any, token: Any) -> bool:
     return True
 
 
+async def rehash_password(res, user: Doc, password: str) -> None:
+    """Store the hash of the same password again with today's argon2 parameters (at login)."""
+    async with res.locks.hold((USER.name, user["_id"])):
+        await res.set_fields(USER, user["_id"], {"password_hash": await passwords.hash_password(password)})
+
+
 async def set_password(res, user: Doc, password: str, *, keep_session: str | None = None) -> None:
     """Store a new (already checked) password; every other session of the user is revoked."""
     async with res.locks.hold((USER.name, user["_id"])):
@@ -569,6 +575,27 @@ async def _token_before_update(res, old: Doc, new: Doc, **_: Any) -> None:
         new.get("expire"), new.get("expiration_date") if new.get("expire") else None, allow_past=True)
 
 
+async def _token_after_update(res, old: Doc, new: Doc, **_: Any) -> None:
+    await _agent_key_changed(res, new, gone=apikeys.is_expired(new))
+
+
+async def _token_after_delete(res, doc: Doc, **_: Any) -> None:
+    await _agent_key_changed(res, doc, gone=True)
+
+
+async def _agent_key_changed(res, token: Doc, *, gone: bool) -> None:
+    """An agent's key changed through /token: the hub's in-memory credentials follow at once,
+    and a session opened with a key that no longer works is closed."""
+    if token.get("parent_type") != "agent" or not token.get("agent_id"):
+        return
+    keys = res.extras.get("agent_keys")
+    if keys is None:
+        return
+    await keys.credentials.refresh(token["agent_id"])
+    if gone and getattr(keys, "hub", None) is not None:
+        await keys.hub.disconnect(token["agent_id"], 4000, "agent key deleted or expired")
+
+
 TOKEN = register(Kind(
     name="token",
     fields=base_fields() + (
@@ -581,7 +608,8 @@ TOKEN = register(Kind(
     indexed=("user_id", "agent_id", "key_digest"),
     routes=frozenset({"list", "read", "update", "delete"}),
     access=Access(read="own", create="admin", update="own", delete="own"),
-    hooks=Hooks(before_create=_token_before_create, before_update=_token_before_update),
+    hooks=Hooks(before_create=_token_before_create, before_update=_token_before_update,
+                after_update=_token_after_update, after_delete=_token_after_delete),
     label="API token",
 ))
 

@@ -3,6 +3,7 @@ strict bearer parsing, expired/forged/revoked tokens."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import date, timedelta
 
@@ -10,8 +11,8 @@ import kowabunga
 import pytest
 from kowabunga.exceptions import BadRequestException, UnauthorizedException, UnprocessableEntityException
 
-from tests.identity.helpers import (KEY_LINE, forge_jwt, admin_users, create_confirmed_user, http,
-                                    jwt_claims, jwt_client, key_client, login)
+from tests.identity.helpers import (KEY_LINE, admin_users, create_confirmed_user, forge_jwt, http,
+                                    jwt_claims, jwt_client, key_client, login, unique)
 from tests.kahuna_proc import MASTER_KEY
 
 
@@ -160,3 +161,22 @@ def test_role_changes_apply_at_once(kahuna, admin, member):
     finally:
         admin_users(admin).update_user(user.id, kowabunga.UserUpdate(role="user"))
     assert http(kahuna, "GET", "/agent", token=token)[0] == 403
+
+
+def test_agent_keys_deleted_or_expired_through_token_routes_stop_working_on_the_hub(kahuna, admin, smtp_sink):
+    """Agent keys live in the same token collection; changing them through /token reaches the hub."""
+    from tests.test_agents import handshake_status
+
+    agents, tokens = kowabunga.AgentApi(admin), kowabunga.TokenApi(admin)
+    for change in ("delete", "expire"):
+        agent = agents.create_agent(kowabunga.Agent(name=unique(f"kaktus-{change}"), type="Kaktus"))
+        token = agents.set_agent_api_token(agent.id)
+        mail = smtp_sink.wait_for("ops@acme.test", f"agent API key: {agent.name}")
+        key = re.search(r"^([A-Za-z0-9]{64})$", mail.body, re.M).group(1)
+        assert handshake_status(kahuna.hub_port, agent.id, "Kaktus", key) == 101
+        if change == "delete":
+            tokens.delete_api_token(token.id)
+        else:
+            tokens.update_api_token(token.id, kowabunga.ApiTokenUpdate(
+                expire=True, expiration_date=date.today() - timedelta(days=1)))
+        assert handshake_status(kahuna.hub_port, agent.id, "Kaktus", key) == 403
