@@ -8,7 +8,8 @@ one that is offline catches up with the full `Reload` it gets when it connects. 
   than accepted into a DNS that nobody serves;
 - when an agent fails or times out, the agents already told are told the opposite (best effort)
   and the error reaches the client (502/504, kahuna.orchestrator.agent_calls); the service then
-  undoes the write.
+  undoes the write. An agent that timed out may still apply the change after that: it serves it
+  until its next `Reload` (its next connection, or a change of its Kiwi's agent list).
 
 `Reload` carries, for every region whose Kiwis list the agent, the region's domain and records.
 It runs under the record kind's write lock, so it never interleaves with a record push.
