@@ -5,25 +5,13 @@ from __future__ import annotations
 
 from quart import request
 
-from kahuna.api.routes import RouteTable, json_response
+from kahuna.api.routes import RouteTable, json_response, query_bool
 from kahuna.auth import apikeys
 from kahuna.orchestrator.agent_keys import AgentKeys
-from kahuna.resources.errors import Invalid
 from kahuna.resources.service import Resources, to_api
 
 OFFLINE = {"connected": False, "version": None, "methods": [], "connected_since": None,
            "last_seen": None, "remote_address": None}
-
-
-def query_bool(name: str, default: bool = False) -> bool:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("true", "1"):
-        return True
-    if raw.lower() in ("false", "0"):
-        return False
-    raise Invalid(f"{name}: expected true or false, got {raw!r}")
 
 
 def install(table: RouteTable, resources: Resources, keys: AgentKeys, hub) -> None:
