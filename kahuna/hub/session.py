@@ -65,15 +65,28 @@ class _DirectDelivery:
     open until the library's reader ends, so `get_message()` still reports the end.
     """
 
-    __slots__ = ("_ws", "_deliver")
+    __slots__ = ("_ws", "_deliver", "_original")
 
     def __init__(self, ws: WebSocketConnection, deliver: Callable[[bytes | str], None]) -> None:
         self._ws = ws
         self._deliver = deliver
+        self._original = ws._send_channel
 
     async def send(self, message: bytes | str) -> None:
         if self._ws._close_reason is None:
             self._deliver(message)
+
+    # The library closes "its queue" when the connection closes (`_close_web_socket`) and holds it
+    # as a context manager in its reader: both reach the original channel, so `get_message()`
+    # still wakes with ConnectionClosed.
+    async def aclose(self) -> None:
+        await self._original.aclose()
+
+    async def __aenter__(self) -> "_DirectDelivery":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._original.aclose()
 
 
 def _install_direct_delivery(ws: WebSocketConnection,

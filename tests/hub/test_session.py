@@ -423,11 +423,17 @@ async def test_direct_delivery_discards_messages_once_the_connection_is_closing(
 
     got = []
     ws = FakeWs()
+    ws._send_channel, receiver = trio.open_memory_channel(1)
     channel = _DirectDelivery(ws, got.append)
     await channel.send(b"one")
     ws._close_reason = object()
     await channel.send(b"two")
     assert got == [b"one"]
+    # the library closes "its queue" on close: that must reach the original channel, so a
+    # task in get_message() wakes (this raised AttributeError and failed the connection)
+    await channel.aclose()
+    with pytest.raises(trio.EndOfChannel):
+        await receiver.receive()
 
 
 def test_gc_thresholds_are_raised_never_lowered():
