@@ -78,7 +78,7 @@ def test_login_is_limited_per_source_address(kahuna, admin, smtp_sink):
 
 def test_expired_confirmation_and_reset_links(kahuna, admin, smtp_sink):
     email = unique_email("late")
-    user = admin_users(admin).create_user(kowabunga.User(name="late", email=email, role="user"))
+    admin_users(admin).create_user(kowabunga.User(name="late", email=email, role="user"))
     link = CONFIRM_LINK.search(smtp_sink.wait_for(email, "Welcome").body).group(0)
     assert "1 seconds" in smtp_sink.to(email)[0].body or "2 seconds" in smtp_sink.to(email)[0].body
     time.sleep(LINK_SECONDS + 0.3)
