@@ -98,17 +98,21 @@ def compare(n: int, ours: dict, go: dict) -> dict:
     return {"n": n, "kahuna": ours, "gohub": go, "ratio": ratios, "target_met": met}
 
 
+def _num(value, digits: int = 2):
+    return "—" if value is None else (round(value) if digits == 0 else round(value, digits))
+
+
 def table(lines: list[dict]) -> str:
-    head = ("| N | connect-all s (Go) | RSS KiB/session (Go) | ratio | fan-out median ms (Go) | ratio "
-            "| RPC/s (Go) | ratio | reconnect s (Go) | ratio | drops |\n|" + "---|" * 11)
-    rows = [head]
+    """The README table: Kahuna's figure, Go's in brackets, and the ratio."""
+    rows = ["| N | connect-all s (Go) | RSS KiB/session (Go) | ratio | fan-out median ms (Go) | ratio "
+            "| RPC/s (Go) | ratio | reconnect s (Go) | ratio | drops |", "|" + "---|" * 11]
     for line in lines:
         k, g, r = line["kahuna"], line["gohub"], line["ratio"]
-        rows.append(f"| {line['n']} | {k['connect_all_s']} ({g['connect_all_s']}) "
-                    f"| {k['rss_per_conn_kib']} ({g['rss_per_conn_kib']}) | {r['rss_per_conn_kib']} "
-                    f"| {k['fanout_median_ms']} ({g['fanout_median_ms']}) | {r['fanout_median_ms']} "
-                    f"| {k['rpc_rps']} ({g['rpc_rps']}) | {r['rpc_rps']} "
-                    f"| {k['reconnect_s']} ({g['reconnect_s']}) | {r['reconnect_s']} | {k['drops_while_held']} |")
+        pair = lambda key, d=2: f"{_num(k.get(key), d)} ({_num(g.get(key), d)})"  # noqa: E731
+        rows.append(f"| {line['n']} | {pair('connect_all_s')} | {pair('rss_per_conn_kib', 1)} "
+                    f"| {r['rss_per_conn_kib']} | {pair('fanout_median_ms', 0)} | {r['fanout_median_ms']} "
+                    f"| {pair('rpc_rps', 0)} | {r['rpc_rps']} | {pair('reconnect_s')} | {r['reconnect_s']} "
+                    f"| {k.get('drops_while_held')} |")
     return "\n".join(rows)
 
 
