@@ -19,6 +19,7 @@ import yaml
 from kowabunga.exceptions import BadRequestException, NotFoundException
 
 from tests.kahuna_proc import MASTER_KEY, ROOT, Kahuna, write_config
+from tests.smtp_sink import SmtpSink
 
 KEY_LINE = re.compile(r"^[A-Za-z0-9]{64}(?=\r?$)", re.M)  # the key on a line of its own
 
@@ -29,27 +30,9 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def smtp_sink():
-    """A real SMTP server (aiosmtpd) that keeps what it receives."""
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Message
-
-    class Keep(Message):
-        def __init__(self):
-            super().__init__()
-            self.messages = []
-
-        def handle_message(self, message):
-            self.messages.append(message)
-
-    handler = Keep()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    handler.port = port
-    yield handler
-    controller.stop()
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +139,7 @@ def test_cli_agent_connects_over_hmac_and_rotation_closes_its_session(agents_api
         assert status["remote_address"].startswith("127.0.0.1") and status["connected_since"]
 
         # rotation through the official client: metadata only, the key goes by mail
-        before = len(smtp_sink.messages)
+        before = len(smtp_sink.to("ops@acme.test"))
         token = agents_api.set_agent_api_token(created["id"])
         assert token.name and token.expire is False
         raw = json.dumps(token.to_dict())
@@ -164,14 +147,8 @@ def test_cli_agent_connects_over_hmac_and_rotation_closes_its_session(agents_api
         wait_status(kahuna, created["id"], connected=False)
         assert handshake_status(kahuna.hub_port, created["id"], "Kaktus", created["key"]) == 403
 
-        deadline = time.monotonic() + 20
-        while len(smtp_sink.messages) == before:
-            assert time.monotonic() < deadline, "the new key was never mailed"
-            time.sleep(0.1)
-        mail = smtp_sink.messages[-1]
-        assert mail["To"] == "ops@acme.test"
-        body = mail.get_payload(decode=True).decode() if not mail.is_multipart() else \
-            mail.get_payload(0).get_payload(decode=True).decode()
+        mail = smtp_sink.wait_for("ops@acme.test", "agent API key", count=before + 1, timeout=20)
+        body = mail.body
         new_key = KEY_LINE.search(body).group(0)
         assert new_key != created["key"]
         assert handshake_status(kahuna.hub_port, created["id"], "Kaktus", new_key) == 101
