@@ -257,20 +257,30 @@ async def start_registration(res, user: Doc, *, reconfirm: bool = False) -> None
                        "A password will then be sent to you in another mail.\n")
 
 
-async def confirm_registration(res, user_id: Any, token: Any) -> bool:
-    """Enable the account of a valid confirmation link and mail it a generated password."""
+async def _password_from_link(res, user_id: Any, token: Any, consume: tuple, clear: tuple):
+    """Consume a mailed link's token and enable the account with a new generated password;
+    answers (user, password), or None for an invalid, used or expired link. `clear` names the
+    other link's fields, which the new password makes moot."""
     if not isinstance(user_id, str) or not is_valid_id(user_id):
-        return False
+        return None
     async with res.locks.hold((USER.name, user_id)):
-        user = await _consume_link_token(res, user_id, token, REGISTRATION)
+        user = await _consume_link_token(res, user_id, token, consume)
         if user is None:
-            return False
+            return None
         password = passwords.generate()
         user = await res.set_fields(USER, user_id, {
             "enabled": True, "password_hash": await passwords.hash_password(password),
-            RENEWAL[0]: "", RENEWAL[1]: None})
+            clear[0]: "", clear[1]: None})
+    return user, password
+
+
+async def confirm_registration(res, user_id: Any, token: Any) -> bool:
+    """Enable the account of a valid confirmation link and mail it a generated password."""
+    done = await _password_from_link(res, user_id, token, REGISTRATION, RENEWAL)
+    if done is None:
+        return False
     log.info("user confirmed", user=user_id)
-    await _mail_password(res, user, password)
+    await _mail_password(res, *done)
     return True
 
 
@@ -299,19 +309,12 @@ async def start_password_reset(res, user: Doc) -> bool:
 async def confirm_password_reset(res, user_id: Any, token: Any) -> bool:
     """Set and mail a new password for a valid reset link; revokes every session of the user.
     The link also proves the mailbox, so it confirms a pending account too."""
-    if not isinstance(user_id, str) or not is_valid_id(user_id):
+    done = await _password_from_link(res, user_id, token, RENEWAL, REGISTRATION)
+    if done is None:
         return False
-    async with res.locks.hold((USER.name, user_id)):
-        user = await _consume_link_token(res, user_id, token, RENEWAL)
-        if user is None:
-            return False
-        password = passwords.generate()
-        user = await res.set_fields(USER, user_id, {
-            "enabled": True, "password_hash": await passwords.hash_password(password),
-            REGISTRATION[0]: "", REGISTRATION[1]: None})
     await close_sessions(res, user_id)
     log.info("user password reset", user=user_id)
-    await _mail_password(res, user, password)
+    await _mail_password(res, *done)
     return True
 
 
