@@ -7,6 +7,7 @@ import pytest
 
 from tests.kahuna_proc import MASTER_KEY, Kahuna, write_config
 from tests.nx_server import nx_server
+from tests.smtp_sink import SmtpSink
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +17,14 @@ def kahuna(tmp_path_factory):
     config = write_config(work / "kahuna.yml", work / "data")
     with Kahuna(work, config) as k:
         yield k
+
+
+@pytest.fixture(scope="module")
+def smtp_sink():
+    """A real SMTP server (aiosmtpd) per test module; tests read what Kahuna mailed to it."""
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
 
 
 @pytest.fixture(scope="module", params=["embedded", "mongo"])

@@ -19,20 +19,12 @@ import yaml
 from kowabunga.exceptions import BadRequestException, NotFoundException
 
 from tests.kahuna_proc import MASTER_KEY, ROOT, Kahuna, write_config
-from tests.smtp_sink import SmtpSink
 
 KEY_LINE = re.compile(r"^[A-Za-z0-9]{64}(?=\r?$)", re.M)  # the key on a line of its own
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def smtp_sink():
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture(scope="module")

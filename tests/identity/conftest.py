@@ -1,20 +1,13 @@
-"""Fixtures of the identity tests: one real SMTP server for the package, one Kahuna per module
-with mail pointed at it, and the official client with the master key."""
+"""Fixtures of the identity tests: one Kahuna per module with mail pointed at the SMTP sink
+(tests/conftest.py), and the official client with the master key."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import make_client
-from tests.identity.helpers import SmtpSink, identity_config
+from tests.identity.helpers import identity_config
 from tests.kahuna_proc import Kahuna
-
-
-@pytest.fixture(scope="package")
-def smtp_sink():
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,9 @@ import kowabunga
 import pytest
 
 from tests.conftest import make_client
-from tests.identity.helpers import SmtpSink, create_confirmed_user, identity_config, login
+from tests.identity.helpers import create_confirmed_user, identity_config, login
 from tests.infra.helpers import create_agents, http, region_and_zone, unique
 from tests.kahuna_proc import Kahuna
-
-
-@pytest.fixture(scope="module")
-def smtp_sink():
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture(scope="module")
