@@ -14,7 +14,7 @@ One implementation serves every kind. The rules a private cloud needs live here 
 from __future__ import annotations
 
 import copy
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
@@ -244,12 +244,12 @@ class Resources:
         """Held around every write of a `serialize_writes` kind (a no-op for other kinds); also
         taken by side effects that must not interleave with those writes (a Kiwi's Reload)."""
         kind = _kind(kind)
-        return self.locks.hold(("writes", kind.name)) if kind.serialize_writes else _nothing()
+        return self.locks.hold(("writes", kind.name)) if kind.serialize_writes else nullcontext()
 
     def _parent_lock(self, kind: Kind, parent_id: str | None):
         """Creating a child and deleting its parent exclude each other (same lock key)."""
         if kind.parent is None:
-            return _nothing()
+            return nullcontext()
         return self.locks.hold((kind.parent.kind, parent_id))
 
     async def _insert(self, kind: Kind, doc: Document) -> None:
@@ -329,8 +329,3 @@ def _conflict_reason(kind: Kind, doc: Document, exc: store_errors.Conflict) -> s
     if "name" in exc.index:
         return f"a {kind.label} named {doc.get('name')!r} already exists"
     return f"{kind.label}: {exc.detail or 'a unique value is already taken'}"
-
-
-@asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield
