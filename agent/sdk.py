@@ -144,11 +144,13 @@ class Agent:
         self._stop = trio.Event()
         self._ws: WebSocketConnection | None = None
         self._attempt: trio.CancelScope | None = None
+        self._session: trio.CancelScope | None = None
         # observable state (tests, fleet reports)
         self.connected = False
         self.sessions = 0           # sessions opened so far
         self.last_close: int | None = None
         self.last_error: str | None = None
+        self.registered = False     # this session's Capabilities call was answered
         for name, fn in (handlers or {}).items():
             self.register(name, fn)
 
@@ -178,6 +180,7 @@ class Agent:
         if not dot or service != self.agent_type:
             raise LookupError(f"rpc: can't find service {method}")
         if name == "Capabilities":
+            self.registered = True
             return self.capabilities()
         entry = self._methods.get(name)
         if entry is None:
@@ -225,6 +228,19 @@ class Agent:
         self._stop.set()
         if not self.connected and self._attempt is not None:
             self._attempt.cancel()   # still dialing or in the handshake: just give up
+
+    async def drop_connection(self) -> None:
+        """Cut the live session without a close handshake, as a crash or a network cut would
+        (fault injection); the run loop then reconnects after its backoff as usual."""
+        ws, scope = self._ws, self._session
+        if ws is None or scope is None:
+            return
+        self.last_error = "connection dropped"
+        stream = getattr(ws, "_stream", None)      # trio-websocket's transport (pinned version)
+        if stream is not None:
+            with trio.move_on_after(1):
+                await stream.aclose()
+        scope.cancel()
 
     @property
     def stopping(self) -> bool:
@@ -284,8 +300,10 @@ class Agent:
             if holding:
                 limiter.release()   # type: ignore[union-attr]
             self.connected = False
+            self.registered = False
             self._attempt = None
             self._ws = None
+            self._session = None
         return up_since
 
     async def _serve(self, ws: WebSocketConnection) -> None:
@@ -294,6 +312,7 @@ class Agent:
         self.sessions += 1
         log.info("%s %s: connected to %s", self.agent_type, self.agent_id, self.url)
         async with trio.open_nursery() as nursery:
+            self._session = nursery.cancel_scope
             nursery.start_soon(self._close_on_stop, ws)
             if self.ping_interval:
                 nursery.start_soon(self._heartbeat, ws, nursery.cancel_scope)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,23 @@ class Instance:
     spice_port: int | None = None   # fixed in the XML, or assigned while running
     fixed_spice_port: bool = False
     boots: int = 0
+    disks: list[dict[str, Any]] = field(default_factory=list)
+    nics: list[dict[str, Any]] = field(default_factory=list)
+    spice_listen: str | None = None
+    migrations: int = 0
+
+    def apply(self, info: dict[str, Any]) -> None:
+        """Keep what a (re-)definition says about the hardware."""
+        self.memory, self.vcpus = info.get("memory") or self.memory, info["vcpus"]
+        self.disks, self.nics = info["disks"], info["nics"]
+        self.spice_listen = info["spice"]["listen"]
+
+    def view(self) -> dict[str, Any]:
+        return {"name": self.name, "uuid": self.uuid, "vcpus": self.vcpus, "memory": self.memory,
+                "state": self.state, "reason": self.reason, "autostart": self.autostart,
+                "boots": self.boots, "migrations": self.migrations,
+                "disks": [dict(d) for d in self.disks], "nics": [dict(n) for n in self.nics],
+                "spice": {"listen": self.spice_listen, "port": self.spice_port}, "xml": self.xml}
 
     @property
     def running(self) -> bool:
@@ -87,32 +105,117 @@ class Pool:
         return sum(v.size for v in self.volumes.values())
 
 
-def _parse_domain(name: str, xml: str) -> dict[str, Any]:
+_MEMORY_UNITS = {"b": 1, "B": 1, "bytes": 1, "KB": 1000, "KiB": KiB, "k": KiB, "K": KiB,
+                 "MB": 1000**2, "MiB": MiB, "M": MiB, "m": MiB, "GB": 1000**3, "GiB": GiB,
+                 "G": GiB, "g": GiB, "TiB": TiB, "T": TiB}
+
+
+def parse_domain(xml: str) -> dict[str, Any]:
+    """What libvirt keeps of a domain definition: parsed with a real XML parser, as libvirtd
+    rejects what is not well-formed; unknown elements are kept in the XML only."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise SimError(f"XML error: {exc}") from None
     if root.tag != "domain":
         raise SimError("XML error: unexpected root element <%s>, expecting <domain>" % root.tag)
-    xml_name = (root.findtext("name") or "").strip()
-    if xml_name and xml_name != name:
-        raise SimError(f"XML error: domain name '{xml_name}' does not match '{name}'")
-    info: dict[str, Any] = {"uuid": (root.findtext("uuid") or "").strip() or None}
+    info: dict[str, Any] = {"name": (root.findtext("name") or "").strip(),
+                            "uuid": (root.findtext("uuid") or "").strip() or None,
+                            "memory": 0, "vcpus": 0}
     memory = root.find("memory")
-    if memory is not None and (memory.text or "").strip().isdigit():
+    if memory is not None:
+        text = (memory.text or "").strip()
+        if not text.isdigit():
+            raise SimError("XML error: could not parse memory size")
         unit = memory.get("unit", "KiB")
-        scale = {"b": 1, "bytes": 1, "KiB": KiB, "k": KiB, "MiB": MiB, "M": MiB, "GiB": GiB,
-                 "G": GiB}.get(unit, KiB)
-        info["memory"] = int(memory.text.strip()) * scale
+        if unit not in _MEMORY_UNITS:
+            raise SimError(f"XML error: unknown memory unit '{unit}'")
+        info["memory"] = int(text) * _MEMORY_UNITS[unit]
     vcpu = (root.findtext("vcpu") or "").strip()
-    info["vcpus"] = int(vcpu) if vcpu.isdigit() else 0
-    info["spice_port"] = None
-    for graphics in root.iter("graphics"):
-        if graphics.get("type") == "spice":
-            port = graphics.get("port", "-1")
-            if port.lstrip("-").isdigit() and int(port) > 0:
-                info["spice_port"] = int(port)
+    if vcpu and not vcpu.isdigit():
+        raise SimError("XML error: maximum vcpus count must be an integer")
+    info["vcpus"] = int(vcpu) if vcpu else 0
+    disks, nics = [], []
+    spice: dict[str, Any] = {"listen": None, "port": None}
+    devices = root.find("devices")
+    for disk in (devices.findall("disk") if devices is not None else []):
+        source, target = disk.find("source"), disk.find("target")
+        entry: dict[str, Any] = {"device": disk.get("device", "disk"), "type": disk.get("type"),
+                                 "pool": None, "volume": None, "file": None,
+                                 "target": target.get("dev") if target is not None else None,
+                                 "bus": target.get("bus") if target is not None else None,
+                                 "readonly": disk.find("readonly") is not None,
+                                 "serial": (disk.findtext("serial") or "").strip() or None}
+        if source is not None:
+            if source.get("protocol") == "rbd" or "/" in (source.get("name") or ""):
+                pool, _, volume = (source.get("name") or "").partition("/")
+                entry["pool"], entry["volume"] = pool or None, volume or None
+                host = source.find("host")
+                if host is not None:
+                    entry["host"] = f"{host.get('name')}:{host.get('port', '6789')}"
+            entry["file"] = source.get("file")
+        disks.append(entry)
+    for nic in (devices.findall("interface") if devices is not None else []):
+        mac, source, model = nic.find("mac"), nic.find("source"), nic.find("model")
+        nics.append({"type": nic.get("type"),
+                     "mac": (mac.get("address") or "").lower() if mac is not None else None,
+                     "bridge": source.get("bridge") if source is not None else None,
+                     "network": source.get("network") if source is not None else None,
+                     "model": model.get("type") if model is not None else None})
+    for graphics in (devices.findall("graphics") if devices is not None else []):
+        if graphics.get("type") != "spice":
+            continue
+        port = graphics.get("port", "-1")
+        if port.lstrip("-").isdigit() and int(port) > 0:
+            spice["port"] = int(port)
+        listen = graphics.get("listen")
+        element = graphics.find("listen")
+        if element is not None and element.get("address"):
+            listen = element.get("address")
+        spice["listen"] = listen
+    info.update(disks=disks, nics=nics, spice=spice)
     return info
+
+
+def _parse_domain(name: str, xml: str) -> dict[str, Any]:
+    info = parse_domain(xml)
+    if info["name"] and info["name"] != name:
+        raise SimError(f"XML error: domain name '{info['name']}' does not match '{name}'")
+    info["spice_port"] = info["spice"]["port"]
+    return info
+
+
+class LibvirtRegistry:
+    """The libvirt endpoints of the simulated Kaktus of one process, so that `MigrateInstance`
+    finds its destination as libvirt would through `qemu+tcp://address:port/system`."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[tuple[str, int], "KaktusModel"] = {}
+        self._next_port = 16509
+
+    def allocate_port(self) -> int:
+        port, self._next_port = self._next_port, self._next_port + 1
+        return port
+
+    def register(self, model: "KaktusModel") -> None:
+        self._hosts[(model.libvirt_address, model.libvirt_port)] = model
+
+    def unregister(self, model: "KaktusModel") -> None:
+        if self._hosts.get((model.libvirt_address, model.libvirt_port)) is model:
+            del self._hosts[(model.libvirt_address, model.libvirt_port)]
+
+    def lookup(self, uri: str) -> "KaktusModel":
+        parts = urlsplit(uri)
+        if not parts.scheme.startswith("qemu") or not parts.hostname:
+            raise SimError(f"invalid argument: unable to parse URI {uri}")
+        host = self._hosts.get((parts.hostname, parts.port or 16509))
+        if host is None:
+            raise SimError(f"unable to connect to server at '{parts.hostname}:{parts.port or 16509}': "
+                           "Connection refused")
+        return host
+
+
+REGISTRY = LibvirtRegistry()
 
 
 def template_size(url: str) -> int:
@@ -124,7 +227,8 @@ class KaktusModel:
     def __init__(self, *, node: dict[str, Any] | None = None, pools: dict[str, int] | None = None,
                  auto_create_pools: bool = True, default_pool_capacity: int = 16 * TiB,
                  libvirt_address: str = "127.0.0.1", filesystems: list[str] | None = None,
-                 template_sizes: dict[str, int] | None = None) -> None:
+                 template_sizes: dict[str, int] | None = None, libvirt_port: int | None = None,
+                 libvirt_protocol: str = "tcp", registry: LibvirtRegistry | None = None) -> None:
         self.node = {"Arch": "x86_64", "Vendor": "AMD", "Model": "EPYC-Milan", "Sockets": 2,
                      "Cores": 64, "Threads": 128, "Memory": 512 * GiB,
                      "GuestEmulator": "/usr/bin/qemu-system-x86_64",
@@ -135,6 +239,10 @@ class KaktusModel:
         self.auto_create_pools = auto_create_pools
         self.default_pool_capacity = default_pool_capacity
         self.libvirt_address = libvirt_address
+        self.registry = registry if registry is not None else REGISTRY
+        self.libvirt_port = libvirt_port or self.registry.allocate_port()
+        self.libvirt_protocol = libvirt_protocol
+        self.registry.register(self)
         self.filesystems: dict[str, dict[str, int]] = {fs: {} for fs in (filesystems or ["nfs"])}
         self.nfs_exports: dict[int, dict[str, Any]] = {}
         self.template_sizes = dict(template_sizes or {})
@@ -152,10 +260,11 @@ class KaktusModel:
         existing = self.instances.get(name)
         if existing is not None:
             raise SimError(f"operation failed: domain '{name}' already exists with uuid {existing.uuid}")
-        self.instances[name] = Instance(name, xml, info["uuid"] or str(uuidlib.uuid4()),
-                                        info.get("memory", 0), info["vcpus"],
-                                        spice_port=info["spice_port"],
-                                        fixed_spice_port=info["spice_port"] is not None)
+        inst = Instance(name, xml, info["uuid"] or str(uuidlib.uuid4()), info.get("memory", 0),
+                        info["vcpus"], spice_port=info["spice_port"],
+                        fixed_spice_port=info["spice_port"] is not None)
+        inst.apply(info)
+        self.instances[name] = inst
 
     def update_instance(self, name: str, xml: str) -> None:
         """libvirt's defineXML: redefines an existing domain (state kept) or defines a new one."""
@@ -166,7 +275,8 @@ class KaktusModel:
             return
         if info["uuid"] and info["uuid"] != inst.uuid:
             raise SimError(f"operation failed: domain '{name}' already exists with uuid {inst.uuid}")
-        inst.xml, inst.memory, inst.vcpus = xml, info.get("memory", inst.memory), info["vcpus"]
+        inst.xml = xml
+        inst.apply(info)
         if info["spice_port"] is not None:
             inst.spice_port, inst.fixed_spice_port = info["spice_port"], True
 
@@ -188,6 +298,41 @@ class KaktusModel:
     def remote_url(self, name: str) -> str:
         inst = self.instance(name)
         return f"spice://{self.libvirt_address}:{inst.spice_port or 0}"
+
+    def libvirt_endpoint(self) -> dict[str, Any]:
+        return {"Protocol": self.libvirt_protocol, "Address": self.libvirt_address,
+                "Port": self.libvirt_port}
+
+    def migrate(self, name: str, destination_uri: str) -> None:
+        """Live migration (peer-to-peer, persisted on the destination, undefined here): the
+        domain keeps its definition and its running state; the RBD disks are shared storage."""
+        inst = self.instance(name)
+        target = self.registry.lookup(destination_uri)
+        if target is self:
+            raise SimError("Requested operation is not valid: cannot migrate a domain to the host it runs on")
+        if not inst.running:
+            raise _not_running()
+        if name in target.instances:
+            raise SimError(f"operation failed: domain '{name}' already exists with uuid "
+                           f"{target.instances[name].uuid}")
+        del self.instances[name]
+        inst.migrations += 1
+        if not inst.fixed_spice_port:
+            inst.spice_port = None
+        target.instances[name] = inst
+        if not inst.fixed_spice_port:
+            target.assign_spice_port(inst)
+
+    def assign_spice_port(self, inst: Instance) -> None:
+        used = {i.spice_port for i in self.instances.values() if i is not inst}
+        port = 5900                      # libvirt's autoport: the lowest free one
+        while port in used:
+            port += 1
+        inst.spice_port = port
+
+    def close(self) -> None:
+        """Forget this host's libvirt endpoint (no more a migration destination)."""
+        self.registry.unregister(self)
 
     def _boot(self, inst: Instance, reason: str = "Booted") -> None:
         inst.state, inst.reason = RUNNING, reason
@@ -298,6 +443,8 @@ class KaktusModel:
     def resize_volume(self, pool: str, name: str, size: int) -> None:
         volume = self.volume(pool, name)
         p = self.pools[pool]
+        if size < volume.size:           # Kaktus resizes with allow_shrink=false
+            raise SimError("rbd: ret=-22, Invalid argument: shrinking an image is not allowed")
         if p.allocated - volume.size + size > p.capacity:
             raise SimError(ENOSPC)
         volume.size = size

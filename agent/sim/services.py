@@ -8,6 +8,7 @@ are uint64. A method with an empty Go reply struct answers `{}`. Every type also
 from __future__ import annotations
 
 import base64
+import inspect
 import binascii
 from collections.abc import Callable
 from typing import Any
@@ -108,6 +109,9 @@ def kaktus_handlers(m: KaktusModel) -> dict[str, Handler]:
         "InstanceIsRunning": lambda p: {"Running": m.is_running(_arg(p, "Name", str))},
         "GetInstanceRemoteConnectionUrl": lambda p: {"URL": m.remote_url(_arg(p, "Name", str))},
         "InstanceOperation": void(lambda p: m.operation(_arg(p, "Name", str), _arg(p, "Action", int))),
+        "GetLibvirtEndpoint": lambda p: m.libvirt_endpoint(),
+        "MigrateInstance": void(lambda p: m.migrate(_arg(p, "Name", str),
+                                                    _arg(p, "DestinationURI", str))),
         "GetStoragePoolStats": stats,
         "CreateRawVolume": void(lambda p: m.create_raw_volume(*volume_args(p), _arg(p, "Size", int))),
         "CreateTemplateVolume": lambda p: {"Size": m.create_template_volume(
@@ -163,8 +167,10 @@ def kiwi_handlers(m: KiwiModel) -> dict[str, Handler]:
 
 
 def kontroller_handlers(m: KontrollerModel) -> dict[str, Handler]:
-    def reload(p: dict) -> dict:
-        m.reload()
+    async def reload(p: dict) -> dict:
+        result = m.reload()
+        if inspect.isawaitable(result):     # the appliance sim fetches its metadata profile
+            await result
         return {}
     return {"Reload": reload, "Echo": echo}
 
@@ -179,7 +185,8 @@ def new_model(agent_type: str, sections: dict[str, Any] | None = None) -> Any:
                            auto_create_pools=sim.get("autoCreatePools", True),
                            libvirt_address=libvirt.get("address", "127.0.0.1"),
                            filesystems=sim.get("fileSystems"),
-                           template_sizes=sim.get("templateSizes"))
+                           template_sizes=sim.get("templateSizes"),
+                           libvirt_port=libvirt.get("port"))
     if agent_type == "Kiwi":
         return KiwiModel()
     if agent_type == "Kontroller":

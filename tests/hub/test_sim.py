@@ -16,7 +16,7 @@ DOMAIN_XML = """<domain type='kvm'><name>{name}</name><memory unit='KiB'>4194304
 KAKTUS_CATALOGUE = {
     "Capabilities", "NodeCapabilities", "CreateInstance", "GetInstance", "UpdateInstance",
     "DeleteInstance", "GetInstanceState", "InstanceIsRunning", "GetInstanceRemoteConnectionUrl",
-    "InstanceOperation", "GetStoragePoolStats", "CreateRawVolume", "CreateTemplateVolume",
+    "InstanceOperation", "GetLibvirtEndpoint", "MigrateInstance", "GetStoragePoolStats", "CreateRawVolume", "CreateTemplateVolume",
     "CreateOsVolume", "CreateIsoVolume", "UpdateIsoVolume", "GetVolumeInfos", "ResizeVolume",
     "DeleteVolume", "ListFileSystems", "ListFsSubVolumes", "CreateFsSubVolume", "DeleteFsSubVolume",
     "CreateNfsBackends", "UpdateNfsBackends", "DeleteNfsBackends", "Echo"}
