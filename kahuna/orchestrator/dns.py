@@ -56,17 +56,17 @@ class DnsEffects:
     # ------------------------------------------------------------------------------- records
 
     async def record_created(self, res, doc: Doc) -> None:
-        await self._push(res, doc["region_id"], [_create(doc)], [_delete(doc)])
+        await self._push(res, doc, [_create(doc)], [_delete(doc)])
 
     async def record_updated(self, res, old: Doc, new: Doc) -> None:
         if old["name"] == new["name"]:
-            await self._push(res, new["region_id"], [_update(new)], [_update(old)])
-        else:
-            await self._push(res, new["region_id"], [_delete(old), _create(new)],
+            await self._push(res, new, [_update(new)], [_update(old)])
+        else:  # a rename: the old key goes (upstream kept updating the old key)
+            await self._push(res, new, [_delete(old), _create(new)],
                              [_delete(new), _create(old)])
 
     async def record_deleting(self, res, doc: Doc) -> None:
-        await self._push(res, doc["region_id"], [_delete(doc)], [_create(doc)])
+        await self._push(res, doc, [_delete(doc)], [_create(doc)])
 
     async def region_agents(self, res, region_id: str) -> list[str]:
         agents: list[str] = []
@@ -74,8 +74,27 @@ class DnsEffects:
             agents.extend(a for a in kiwi.get("agent_ids") or () if a not in agents)
         return agents
 
-    async def _push(self, res, region_id: str, steps: list[Step], undo: list[Step]) -> None:
-        listed = await self.region_agents(res, region_id)
+    async def record_agents(self, res, doc: Doc) -> list[str]:
+        """The Kiwi agents serving a record: its region's, or, for a project's record, those of
+        the project's regions only (upstream pushed to every Kiwi of every region)."""
+        if not doc.get("project_id"):
+            return await self.region_agents(res, doc["region_id"])
+        try:
+            project = await res.get("project", doc["project_id"])
+        except DomainError:
+            return []
+        agents: list[str] = []
+        for region_id in project.get("region_ids") or ():
+            try:
+                listed = await self.region_agents(res, region_id)
+            except DomainError:  # a region removed meanwhile
+                continue
+            agents.extend(a for a in listed if a not in agents)
+        return agents
+
+    async def _push(self, res, doc: Doc, steps: list[Step], undo: list[Step]) -> None:
+        region_id = doc.get("region_id") or f"project {doc.get('project_id')}"
+        listed = await self.record_agents(res, doc)
         if not listed:
             return
         methods = {method for method, _ in steps}
@@ -124,7 +143,21 @@ class DnsEffects:
             records = [{"Name": r["name"], "Type": "A", "Addresses": list(r.get("addresses") or [])}
                        for r in await res.list(RECORD, region_id)]
             domains.append({"Name": region["domain"], "Records": records})
-        return domains
+        domains.extend(await self._project_domains(res, set(regions)))
+        return _merged(domains)
+
+    async def _project_domains(self, res, regions: set[str]) -> list[dict]:
+        """The domains of the projects present in these regions, each with its records and its
+        instances' records (`Kiwi.Reload` must carry them, or a reconnect loses them)."""
+        out = []
+        for project in await res.list("project"):
+            if not project.get("domain") or not regions.intersection(project.get("region_ids") or ()):
+                continue
+            records = [{"Name": r["name"], "Type": "A", "Addresses": list(r.get("addresses") or [])}
+                       for r in await res.list(RECORD, project_id=project["_id"])]
+            records.extend(await _instance_records(res, project["_id"]))
+            out.append({"Name": project["domain"], "Records": records})
+        return out
 
     async def reload_agent(self, res, agent_id: str, timeout: float | None = None) -> int:
         """Send one agent its full DNS state; how many domains. Raises the API errors."""
@@ -147,3 +180,30 @@ class DnsEffects:
                 await self.reload_agent(res, agent_id)
             except DomainError as exc:
                 log.warning("kiwi not reloaded", agent=agent_id, error=exc.reason)
+
+
+def _merged(domains: list[dict]) -> list[dict]:
+    """One entry per domain name (a project may share its region's domain)."""
+    out: dict[str, dict] = {}
+    for domain in domains:
+        key = domain["Name"].strip().rstrip(".").lower()
+        if key in out:
+            out[key]["Records"].extend(domain["Records"])
+        else:
+            out[key] = {"Name": domain["Name"], "Records": list(domain["Records"])}
+    return list(out.values())
+
+
+async def _instance_records(res, project_id: str) -> list[dict]:
+    """A records of the project's instances (name -> private addresses), when the instance kind
+    exists (compute): documents with `project_id`, `name` and `dns_addresses` or `addresses`."""
+    try:
+        docs = await res.list("instance", project_id=project_id)
+    except (KeyError, DomainError):
+        return []
+    out = []
+    for doc in docs:
+        addresses = list(doc.get("dns_addresses") or doc.get("addresses") or [])
+        if doc.get("name") and addresses:
+            out.append({"Name": doc["name"], "Type": "A", "Addresses": addresses})
+    return out

@@ -1,5 +1,6 @@
-"""Region DNS records (collection `dns_record`, region child): A records under the region's
-domain, served by the region's Kiwi agents.
+"""DNS records (collection `dns_record`): a region's A records under the region's domain, served
+by the region's Kiwi agents, and a project's A records under the project's domain, served by the
+Kiwi agents of the project's regions only (`create_project_record`, routes in kahuna.api.services).
 
 Upstream schema v2: `region_id` (or `project_id` for a project's records), `domain` (the
 parent's domain at creation, read-only on the API), `addresses`. Kiwi serves A records only, so
@@ -17,9 +18,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kahuna.resources.errors import Invalid, Unavailable
-from kahuna.resources.kind import Access, Hooks, Kind, Parent, register
-from kahuna.resources.types import IP, Field, ListOf, Name, Str
+import trio
+
+from kahuna.resources.identity import ProjectStep, add_project_step
+from kahuna.resources.errors import ConflictError, Invalid, Unavailable
+from kahuna.resources.kind import Access, Hooks, Kind, Parent, register, set_doc_value
+from kahuna.resources.service import utcnow
+from kahuna.resources.types import IP, Field, ListOf, Name, Str, check_object
+from kahuna.store import errors as store_errors
+from kahuna.store.base import new_id
 
 Doc = dict[str, Any]
 
@@ -85,8 +92,68 @@ RECORD = register(Kind(
         Field("addresses", ListOf(item=IP(), max_items=64), required=True, validate=_ipv4),
     ),
     parent=Parent("region", "region_id"),
+    # unique per region for a region's records, per project for a project's (the other key is
+    # absent, and both stores treat absent keys as equal)
+    unique=("project_id", "name"),
     access=Access(),  # superAdmin only (a project's own records come with the project routes)
     serialize_writes=True,
     hooks=Hooks(before_create=_record_before_create, after_create=_record_after_create,
                 after_update=_record_after_update, before_delete=_record_before_delete),
 ))
+
+
+async def create_project_record(res, project: Doc, payload: Any) -> Doc:
+    """A project's record: stored with `project_id` (no region), `domain` = the project's domain,
+    pushed to the Kiwi agents of the project's regions; a failed push leaves nothing stored.
+
+    Why not `Resources.create`: the kind's declared parent is the region, and a project record
+    has none; this is the same sequence (validate, insert under the kind's write lock, side
+    effect, undo) for the other owner."""
+    if not isinstance(payload, dict):
+        raise Invalid("request body must be a JSON object")
+    if not project.get("domain"):
+        raise Invalid(f"project {project.get('name')} has no domain to hold DNS records")
+    dns = _dns(res)
+    values = check_object(RECORD.fields, payload, "", partial=False)
+    now = utcnow()
+    doc: Doc = {"_id": new_id(), "schema_version": RECORD.schema_version, "created_at": now,
+                "updated_at": now}
+    for name, value in values.items():
+        set_doc_value(doc, RECORD.field_map[name].doc_key, value)
+    doc["project_id"], doc["domain"] = project["_id"], project["domain"]
+    async with res.kind_lock(RECORD):
+        try:
+            await res.store.insert(RECORD.collection, doc)
+        except store_errors.Conflict:
+            raise ConflictError(f"DNS record {doc['name']} already exists in project "
+                                f"{project.get('name')}") from None
+        except store_errors.Unavailable as exc:
+            raise Unavailable(f"database unavailable: {exc}") from None
+        try:
+            await dns.record_created(res, doc)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await res.store.delete(RECORD.collection, doc["_id"])
+            raise
+    return doc
+
+
+async def project_records(res, project_id: str) -> list[Doc]:
+    return await res.list(RECORD, project_id=project_id)
+
+
+async def release_project_records(res, project: Doc) -> None:
+    """When a project goes: its records go too, from the Kiwis first (best effort: an agent
+    that fails catches up at its next reload, which no longer carries them)."""
+    for doc in await project_records(res, project["_id"]):
+        try:
+            await res.delete(RECORD, doc["_id"])
+        except Exception:
+            await res.store.delete(RECORD.collection, doc["_id"])
+
+
+async def _no_records_yet(res, doc: Doc, **_: Any) -> None:
+    """A new project has no records."""
+
+
+add_project_step(ProjectStep("dns_records", _no_records_yet, release_project_records))

@@ -1,0 +1,42 @@
+"""Fixtures of the services tests: one real Kahuna per module (embedded store, mail to a sink so
+that users can be confirmed, a short agent call timeout) and simulated agents as processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import make_client
+from tests.identity.helpers import identity_config
+from tests.infra.helpers import CALL_TIMEOUT, SimAgent
+from tests.kahuna_proc import Kahuna
+
+
+@pytest.fixture(scope="module")
+def kahuna(tmp_path_factory, smtp_sink):
+    work = tmp_path_factory.mktemp("services")
+    config = identity_config(work, smtp_sink, ws={"callTimeout": CALL_TIMEOUT})
+    with Kahuna(work, config) as k:
+        k.config_path = config
+        yield k
+
+
+@pytest.fixture(scope="module")
+def admin(kahuna):
+    with make_client(kahuna) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sims(tmp_path_factory):
+    work = tmp_path_factory.mktemp("service-agents")
+    started: list[SimAgent] = []
+
+    class Sims:
+        def start(self, kahuna, agent: dict, **kwargs) -> SimAgent:
+            sim = SimAgent(kahuna, work, agent, **kwargs)
+            started.append(sim)
+            return sim
+
+    yield Sims()
+    for sim in started:
+        sim.stop()
