@@ -19,6 +19,8 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from kahuna.api import agents as agents_api
 from kahuna.api import infra as infra_api
+from kahuna.api import metadata as metadata_api
+from kahuna.api import services as services_api
 from kahuna.api.app import create_app
 from kahuna.api.authn import HeaderAuthenticator
 from kahuna.auth.mail import Outbox
@@ -107,6 +109,8 @@ def build_app(resources: Resources, secrets: Secrets, *, hub=None, agent_keys=No
     return create_app(resources, authenticate, installers=[
         partial(agents_api.install, resources=resources, keys=agent_keys, hub=hub),
         partial(infra_api.install, resources=resources),
+        partial(metadata_api.install, resources=resources, server_secret=secrets.server_secret),
+        partial(services_api.install, resources=resources),
     ])
 
 
