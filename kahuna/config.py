@@ -111,6 +111,8 @@ class Config:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     data_dir: Path = Path("data")
     cloudinit: CloudInit = CloudInit()
+    # accept upstream's X-Kowabunga-Source-Ip identification (checked against the real source)
+    metadata_legacy_headers: bool = True
     source: str = "(defaults)"
 
     def with_debug(self) -> "Config":
@@ -230,6 +232,7 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
     accounts = glob.section("accounts")
     login = glob.section("login")
     cloud = root.section("cloudinit")
+    metadata = glob.section("metadata")
 
     public_url = glob.string("publicUrl", d.public_url).rstrip("/")
     if not public_url.startswith(("http://", "https://")):
@@ -295,12 +298,13 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
         trusted_proxies=_addresses(http, "trustedProxies", d.trusted_proxies),
         data_dir=Path(glob.string("dataDir", str(d.data_dir))),
         cloudinit=cloudinit,
+        metadata_legacy_headers=metadata.boolean("legacyHeaders", d.metadata_legacy_headers),
         source=source,
     )
     if config.http.port and config.http.port == config.hub.port and config.http.address == config.hub.address:
         raise ConfigError("global.ws.port: the agent hub cannot share the HTTP port "
                           f"{config.http.port} (route /ws to it in the front proxy instead)")
-    unknown = [k for s in (root, glob, jwt, http, ws, db, cache, boot, smtp, passwords, accounts, login, cloud)
+    unknown = [k for s in (root, glob, jwt, http, ws, db, cache, boot, smtp, passwords, accounts, login, cloud, metadata)
                for k in s.unknown()]
     return config, unknown
 

@@ -1,0 +1,228 @@
+"""GET /latest/meta-data over real HTTP against a Kahuna subprocess (issue 10).
+
+Regions, zones, teams and projects are created through the official client. Instance, Kawaii
+and IPsec documents are written into the daemon's embedded store (SQLite WAL, next to the
+running process) with upstream's schema v2 field names, until the compute and services kinds
+land. Source addresses are loopback aliases (all of 127.0.0.0/8 is local): the client socket is
+bound to the instance's "private" address. 127.0.0.2 is the only trusted proxy, so 127.0.0.1
+is an untrusted peer whose X-Forwarded-For must be ignored.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import uuid
+
+import kowabunga
+import pytest
+import trio
+
+from kahuna.config import from_mapping
+from kahuna.metadata.profile import BASE_FIELDS, IPSEC_FIELDS, KAWAII_FIELDS
+from kahuna.metadata.token import instance_token, verify
+from kahuna.store.base import new_id
+from kahuna.store.embedded import EmbeddedStore
+from tests.conftest import make_client
+from tests.kahuna_proc import Kahuna, write_config
+
+SECRET = "metadata-test-server-secret-" + "s" * 32
+PSK = "psk-" + uuid.uuid4().hex
+PATH = "/latest/meta-data"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def kahuna(tmp_path_factory):
+    work = tmp_path_factory.mktemp("kahuna-metadata")
+    config = write_config(work / "kahuna.yml", work / "data", serverSecret=SECRET,
+                          http={"trustedProxies": ["127.0.0.2"]})
+    with Kahuna(work, config) as k:
+        yield k
+
+
+def insert(kahuna, collection: str, docs: list[dict]) -> None:
+    async def run():
+        store = EmbeddedStore(kahuna.workdir / "data" / "kahuna.sqlite3")
+        await store.open()
+        try:
+            for doc in docs:
+                await store.insert(collection, doc)
+        finally:
+            await store.close()
+    trio.run(run)
+
+
+@pytest.fixture(scope="module")
+def world(kahuna):
+    with make_client(kahuna) as admin:
+        region = kowabunga.RegionApi(admin).create_region(kowabunga.Region(name=unique("region"), domain="acme.test"))
+        zone = kowabunga.RegionApi(admin).create_region_zone(region.id, kowabunga.Zone(name=unique("zone")))
+        team = kowabunga.TeamApi(admin).create_team(kowabunga.Team(name=unique("team"), users=[]))
+        projects = kowabunga.ProjectApi(admin)
+        p1 = projects.create_project(kowabunga.Project(name=unique("p1"), domain="p1.acme.test", tags=["a"],
+                                                       teams=[team.id], regions=[region.id]))
+        p2 = projects.create_project(kowabunga.Project(name=unique("p2"), teams=[team.id], regions=[region.id]))
+    kawaii_id, storm_ids = new_id(), []
+
+    def instance(name, project, ip, **extra):
+        return {"_id": new_id(), "name": name, "description": f"{name} desc", "project_id": project,
+                "zone_id": zone.id, "vcpus": 2, "memory": 4 << 30, "local_ip": ip,
+                "metadata_generation": 0, "profile": "", "schema_version": 2, **extra}
+
+    a = instance("vm-a", p1.id, "127.0.0.23")
+    b = instance("vm-b", p1.id, "127.0.0.24")
+    c = instance("vm-c", p2.id, "127.0.0.25")
+    gw = instance("kawaii-p1-z-1", p1.id, "127.0.0.26", profile="kawaii", profile_id=kawaii_id)
+    storm = [instance(f"storm-{i}", p2.id, f"10.9.{i // 250}.{i % 250 + 1}") for i in range(300)]
+    insert(kahuna, "instance", [a, b, c, gw] + storm)
+    insert(kahuna, "kawaii", [{"_id": kawaii_id, "name": "kawaii-p1", "project_id": p1.id,
+                               "region_id": region.id, "public_vip_addresses": ["127.0.0.50"],
+                               "firewall": {"ingress": [{"source": "0.0.0.0/0", "protocol": "tcp", "ports": "22"}],
+                                            "egress_policy": "accept", "egress": []},
+                               "dnat_rules": [], "virtual_ips": [], "instance_ids": [gw["_id"]]}])
+    insert(kahuna, "ipsec", [{"_id": new_id(), "kawaii_id": kawaii_id, "name": "to-hq", "ip": "127.0.0.50",
+                              "xfrm_id": 1, "remote_ip": "198.51.100.7", "remote_subnet": "10.200.0.0/16",
+                              "pre_shared_key": PSK, "phase1_dh_group_number": 14, "phase2_dh_group_number": 19,
+                              "ingress_rules": [{"source": "10.200.0.0/16", "protocol": "tcp", "ports": "443"}]}])
+    return {"a": a, "b": b, "c": c, "gw": gw, "storm": storm, "p1": p1.id}
+
+
+def conn(kahuna, source: str = "127.0.0.1") -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", kahuna.http_port, timeout=10, source_address=(source, 0))
+
+
+def get(c: http.client.HTTPConnection, headers: dict) -> tuple[int, dict, dict]:
+    c.request("GET", PATH, headers=headers)
+    r = c.getresponse()
+    body = r.read()
+    return r.status, (json.loads(body) if body else {}), {k.lower(): v for k, v in r.getheaders()}
+
+
+def token_of(doc) -> str:
+    return instance_token(SECRET, doc["_id"], doc.get("metadata_generation", 0))
+
+
+def by_token(doc, token=None) -> dict:
+    return {"X-Kowabunga-Instance-Id": doc["_id"], "X-Kowabunga-Instance-Token": token or token_of(doc)}
+
+
+def by_source(doc, declared=None) -> dict:
+    return {"X-Kowabunga-Instance-Id": doc["_id"], "X-Kowabunga-Source-Ip": declared or doc["local_ip"]}
+
+
+def test_token_unit():
+    t = instance_token(SECRET, "abc", 0)
+    assert verify(SECRET, "abc", 0, t) and not verify(SECRET, "abc", 1, t) and not verify("other", "abc", 0, t)
+    assert t != instance_token(SECRET, "abc", 1) and "=" not in t and len(t) == 43
+
+
+def test_instance_reads_its_own_profile_with_its_token(kahuna, world):
+    status, body, headers = get(conn(kahuna), by_token(world["a"]))
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    assert set(body) == set(BASE_FIELDS)  # upstream's field list; no kawaii/konvey part
+    assert body["instance-id"] == world["a"]["_id"] and body["local-hostname"] == "vm-a"
+    assert (body["vcpu"], body["mem_gb"], body["local-ipv4"], body["domain"]) == (2, 4, "127.0.0.23", "p1.acme.test")
+    assert isinstance(body["tags"], list) and isinstance(body["peers"], list)
+    assert body["monthly_cost"].endswith(" EUR")
+
+
+def test_refusals_are_json_and_do_not_reveal_existence(kahuna, world):
+    c = conn(kahuna)
+    status, body, _ = get(c, {})
+    assert status == 401 and body["status"] == 401 and body["error"] == "Unauthorized"
+    wrong = get(c, by_token(world["a"], token_of(world["b"])))  # same project, another instance's token
+    other_project = get(c, by_token(world["a"], token_of(world["c"])))
+    unknown = get(c, by_token({"_id": new_id()}))
+    garbage = get(c, by_token({"_id": "not-an-id"}))
+    assert wrong[0] == other_project[0] == unknown[0] == garbage[0] == 403
+    assert wrong[1] == unknown[1] == garbage[1] and "reason" in wrong[1]
+
+
+def test_upstream_headers_only_from_the_real_source(kahuna, world):
+    a = world["a"]
+    status, body, _ = get(conn(kahuna, "127.0.0.23"), by_source(a))
+    assert status == 200 and body["instance-id"] == a["_id"]
+    assert get(conn(kahuna, "127.0.0.23"), by_source(a, "127.0.0.23:40000"))[0] == 200  # upstream cuts :port
+    # right id and declared IP, but sent from another instance's address (same or other project)
+    assert get(conn(kahuna, "127.0.0.24"), by_source(a))[0] == 403
+    assert get(conn(kahuna, "127.0.0.25"), by_source(a))[0] == 403
+    # its own address, but declaring another instance's id
+    assert get(conn(kahuna, "127.0.0.23"), by_source(world["b"], "127.0.0.23"))[0] == 403
+    # a spoofed X-Forwarded-For from an untrusted peer is ignored; from the trusted proxy it counts
+    spoof = {**by_source(a), "X-Forwarded-For": "127.0.0.23"}
+    assert get(conn(kahuna, "127.0.0.1"), spoof)[0] == 403
+    assert get(conn(kahuna, "127.0.0.2"), spoof)[0] == 200
+    assert get(conn(kahuna, "127.0.0.2"), {**by_source(a), "X-Forwarded-For": "127.0.0.23, 127.0.0.9"})[0] == 403
+    # through its project's Kawaii NAT address; not another project's instance through it
+    assert get(conn(kahuna, "127.0.0.50"), by_source(a))[0] == 200
+    assert get(conn(kahuna, "127.0.0.50"), by_source(world["c"]))[0] == 403
+
+
+def test_kawaii_appliance_sees_its_psk_and_nobody_else_does(kahuna, world):
+    status, body, _ = get(conn(kahuna), by_token(world["gw"]))
+    assert status == 200 and set(body) == set(BASE_FIELDS) | {"kawaii"}
+    kawaii = body["kawaii"]
+    assert set(kawaii) == set(KAWAII_FIELDS)
+    (ipsec,) = kawaii["ipsec_connections"]
+    assert set(ipsec) == set(IPSEC_FIELDS)
+    assert ipsec["pre_shared_key"] == PSK and ipsec["remote_peer"] == "198.51.100.7"
+    assert (ipsec["phase1_df_group"], ipsec["phase2_df_group"]) == ("modp2048", "ecp256")
+    assert kawaii["public_vip_addresses"] == ["127.0.0.50"] and kawaii["fw_input_rules"][0]["ports"] == "22"
+    for who in ("a", "b", "c"):
+        raw = json.dumps(get(conn(kahuna), by_token(world[who]))[1])
+        assert PSK not in raw and "kawaii" not in json.loads(raw)
+    assert PSK not in kahuna.new_stderr() and PSK not in kahuna.stdout()
+
+
+def test_profile_follows_api_changes(kahuna, world):
+    c = conn(kahuna)
+    with make_client(kahuna) as admin:
+        kowabunga.ProjectApi(admin).update_project(world["p1"], kowabunga.ProjectUpdate(tags=["blue", "green"]))
+    assert get(c, by_token(world["a"]))[1]["tags"] == ["blue", "green"]
+    with make_client(kahuna) as admin:
+        kowabunga.ProjectApi(admin).update_project(world["p1"], kowabunga.ProjectUpdate(tags=["red"]))
+    assert get(c, by_token(world["a"]))[1]["tags"] == ["red"]
+
+
+def test_boot_storm_of_300_instances_passes(kahuna, world):
+    """300 instances behind one NAT address (the trusted proxy's XFF), three reads each."""
+    c = conn(kahuna, "127.0.0.60")
+    started, throttled = time.monotonic(), 0
+    for _ in range(3):
+        for doc in world["storm"]:
+            status, body, _ = get(c, by_token(doc))
+            throttled += status == 429
+            assert status in (200, 429) and (status == 429 or body["instance-id"] == doc["_id"])
+    elapsed = time.monotonic() - started
+    print(f"\nboot storm: 900 reads in {elapsed:.2f} s, {throttled} x 429")
+    assert throttled == 0
+
+
+def test_scan_of_random_ids_is_throttled(kahuna):
+    c = conn(kahuna, "127.0.0.99")
+    started, first_429, statuses, retry_after = time.monotonic(), None, {}, None
+    for i in range(10_000):
+        status, body, headers = get(c, by_token({"_id": new_id()}, "x" * 43))
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == 429 and first_429 is None:
+            first_429, retry_after = i, headers.get("retry-after")
+            assert body["status"] == 429
+        if time.monotonic() - started > 8:  # bounded: the figures are reported either way
+            break
+    elapsed = time.monotonic() - started
+    print(f"\nscan: {sum(statuses.values())} requests in {elapsed:.2f} s, first 429 after {first_429}, {statuses}")
+    assert first_429 is not None and first_429 <= 60 and int(retry_after) >= 1
+    assert statuses.get(403, 0) <= 60 + elapsed * 2  # the rest were refused without a lookup
+    # an honest instance elsewhere is not affected
+    assert get(conn(kahuna), by_token({"_id": new_id()}))[0] == 403
+
+
+def test_legacy_headers_setting():
+    assert from_mapping({})[0].metadata_legacy_headers is True
+    config, unknown = from_mapping({"global": {"metadata": {"legacyHeaders": False}}})
+    assert config.metadata_legacy_headers is False and not unknown
