@@ -296,9 +296,11 @@ class SimHost:
             self._nursery = nursery
             self._ready.set()
             await self._closing.wait()
-            for sim in self.sims:
-                sim.agent.stop()
-            nursery.cancel_scope.deadline = trio.current_time() + self.stop_timeout
+            with trio.move_on_after(self.stop_timeout):
+                async with trio.open_nursery() as stopping:   # close 1000 each, all at once
+                    for sim in self.sims:
+                        stopping.start_soon(sim.astop)
+            nursery.cancel_scope.cancel()
 
     def close(self) -> None:
         if self.thread is None:
