@@ -58,7 +58,9 @@ def expected(route, caller: str, related: dict[str, set[str]], known: set[str]) 
     others_known = all(p in known for p in route.params if p != route.target)
     passed = PASS if others_known else "pass-or-404"
     if rule == "public":
-        return PASS
+        # the metadata endpoint identifies instances itself (kahuna.metadata.identify): user
+        # credentials are not instance credentials
+        return {401} if route.name == "metadata" else PASS
     if caller in NOT_AUTHENTICATED:
         return {401}
     role = ROLE[caller]
