@@ -236,10 +236,7 @@ class Agent:
         if ws is None or scope is None:
             return
         self.last_error = "connection dropped"
-        stream = getattr(ws, "_stream", None)      # trio-websocket's transport (pinned version)
-        if stream is not None:
-            with trio.move_on_after(1):
-                await stream.aclose()
+        await _abort_transport(ws)
         scope.cancel()
 
     @property
@@ -355,8 +352,24 @@ class Agent:
             if waiting.cancelled_caught:
                 log.warning("%s: hub silent for %g s, reconnecting", self.agent_id, self.pong_timeout)
                 self.last_error = "hub heartbeat timeout"
+                # no close handshake with a peer that stopped answering (a VIP that moved, a
+                # partition): waiting for its close frame would only delay the reconnection
+                await _abort_transport(ws)
                 scope.cancel()
                 return
+
+
+async def _abort_transport(ws: WebSocketConnection) -> None:
+    """Close the TCP (or TLS) stream under the WebSocket, skipping the close handshake."""
+    stream = getattr(ws, "_stream", None)      # trio-websocket's transport (version pinned)
+    if stream is None:
+        return
+    with trio.move_on_after(1) as scope:
+        scope.shield = True
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
 
 async def run_until_signalled(agents: Iterable[Agent]) -> None:
