@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from kahuna.resources.compute import caps_of
 from kahuna.resources.errors import DomainError
 
 GiB = 1024 ** 3
@@ -86,6 +87,23 @@ class Candidate:
     @property
     def free_memory(self) -> int:
         return self.memory_capacity - self.used_memory
+
+
+def candidate_from_kaktus(doc: dict, *, zone_name: str = "", connected: bool = False,
+                          methods: Iterable[str] = (), instance_names: Iterable[str] = ()) -> Candidate:
+    """A Candidate from a stored Kaktus document (upstream schema v2: `capabilities`,
+    `overcommit.{cpu,memory}`, `usage.{vcpus,memory,instances}`, `maintenance`, `zone_id`) and
+    the live facts the caller knows (hub connection and advertised methods, instance names)."""
+    caps = caps_of(doc)
+    over = doc.get("overcommit") or {}
+    usage = doc.get("usage") or {}
+    return Candidate(id=str(doc.get("_id", doc.get("id", ""))), name=doc.get("name", ""),
+                     zone=doc.get("zone_id", ""), zone_name=zone_name, connected=connected,
+                     methods=frozenset(methods), maintenance=bool(doc.get("maintenance", False)),
+                     cpu_threads=int(caps["cpu"].get("threads") or 0), memory=int(caps.get("memory") or 0),
+                     overcommit_cpu=int(over.get("cpu") or 1), overcommit_memory=int(over.get("memory") or 1),
+                     used_vcpus=int(usage.get("vcpus") or 0), used_memory=int(usage.get("memory") or 0),
+                     used_instances=int(usage.get("instances") or 0), instance_names=tuple(instance_names))
 
 
 @dataclass(frozen=True)
@@ -215,7 +233,7 @@ def choose_host(request: PlacementRequest, candidates: Iterable[Candidate]) -> C
     pool: Sequence[Candidate] = sorted(candidates, key=lambda c: (c.name, c.id))
     where = f"in {request.scope} " if request.scope else ""
     if not pool:
-        raise NoEligibleHost(f"no Kaktus {where}to place {request.name} on".replace("  ", " "))
+        raise NoEligibleHost(f"no Kaktus {where}to place {request.name} on")
     eligible: list[Candidate] = []
     refused: list[tuple[Candidate, str, str]] = []
     for c in pool:

@@ -4,7 +4,8 @@ Kwarantine), deterministic ties, and refusals that say why."""
 import pytest
 
 from kahuna.orchestrator.placement import (DEFAULT_METHODS, GiB, Candidate, Kwarantine, NoEligibleHost,
-                                           NoHostCapacity, PlacementRequest, choose_host, is_sibling,
+                                           NoHostCapacity, PlacementRequest, candidate_from_kaktus, choose_host,
+                                           is_sibling,
                                            levenshtein, score, successor)
 from kahuna.resources.errors import DomainError
 
@@ -139,3 +140,18 @@ def test_many_hosts_fast_and_message_bounded():
     with pytest.raises(NoEligibleHost) as e:
         choose_host(req(), hosts)
     assert "and 190 more" in e.value.reason and len(e.value.reason) < 600
+
+
+def test_candidate_from_a_stored_kaktus():
+    doc = {"_id": "k1id", "name": "k1", "zone_id": "zid-1", "maintenance": False,
+           "capabilities": {"cpu": {"threads": 16}, "memory": 64 * GiB},
+           "overcommit": {"cpu": 3, "memory": 2}, "usage": {"vcpus": 40, "memory": 100 * GiB, "instances": 9}}
+    c = candidate_from_kaktus(doc, zone_name="z1", connected=True, methods=DEFAULT_METHODS,
+                              instance_names=["web-2"])
+    assert (c.vcpu_capacity, c.free_vcpus, c.memory_capacity, c.free_memory) == (48, 8, 128 * GiB, 28 * GiB)
+    assert choose_host(req(vcpus=8, memory=28 * GiB), [c]) is c
+    with pytest.raises(NoHostCapacity, match="k1: 8 free vCPUs"):
+        choose_host(req(vcpus=9), [c])
+    fresh = candidate_from_kaktus({"_id": "k2", "name": "k2"}, connected=True, methods=DEFAULT_METHODS)
+    with pytest.raises(NoEligibleHost, match="capabilities not known yet"):
+        choose_host(req(), [fresh])
