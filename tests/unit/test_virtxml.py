@@ -133,3 +133,16 @@ def test_parse_libvirt_units():
 
 def test_disk_dev():
     assert [disk_dev(i) for i in (0, 1, 25, 26, 27, 51, 52)] == ["vda", "vdb", "vdz", "vdaa", "vdab", "vdaz", "vdba"]
+
+
+def test_simulated_kaktus_reads_our_domain():
+    """The simulated Kaktus's own parser (agent/sim) sees the same disks, NICs and SPICE address."""
+    from agent.sim.model import parse_domain
+
+    seen = parse_domain(domain_xml(spec()))
+    assert seen["vcpus"] == 12 and seen["memory"] == 4 * GiB
+    assert [(d["device"], d["pool"], d["volume"], d["target"]) for d in seen["disks"]] == [
+        ("cdrom", "rbd", "web-1-cloudinit", "hdd"), ("disk", "rbd", "web-1-os", "vda"),
+        ("disk", "rbd", "web-1-data", "vdb")]
+    assert [n["mac"] for n in seen["nics"]] == ["da:1e:70:00:00:01", "da:1e:70:00:00:02"]
+    assert seen["spice"]["listen"] == "10.50.0.11"
