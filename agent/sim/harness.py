@@ -26,13 +26,13 @@ from ..sdk import Agent
 from .cidata import read_iso
 from .faults import Faults
 from .kontroller import KontrollerModel
-from .model import KaktusModel, SimError
+from .model import KaktusModel, KiwiModel, SimError
 from .services import handlers_for, kontroller_handlers
 
 FAST_RECONNECT = {"backoff_initial": 0.1, "backoff_max": 1.0}
 
 
-class _Sim:
+class SimAgent:
     """One agent identity with its model; restartable (`stop()` then `start()`)."""
 
     agent_type = ""
@@ -42,7 +42,7 @@ class _Sim:
         self.agent_id, self.key, self.endpoint = agent_id, key, endpoint
         self.faults = Faults()
         self.state_file = Path(state_file) if state_file else None
-        self._handlers = self.faults.wrap(handlers, drop=self._drop, after=self._dump)
+        self._handlers = self.faults.wrap(handlers, drop=self._drop, after=self.dump_state)
         self._agent_kwargs = {**FAST_RECONNECT, **agent_kwargs}
         self.agent = self._new_agent()
         self._host: SimHost | None = None
@@ -113,13 +113,13 @@ class _Sim:
     def connected(self) -> bool:
         return self.agent.connected and self.agent.registered
 
-    def wait_connected(self, timeout: float = 15.0) -> "_Sim":
+    def wait_connected(self, timeout: float = 15.0) -> "SimAgent":
         """Block until the hub has asked (and got) this agent's Capabilities."""
         _wait(lambda: self.connected, f"{self.agent_type} {self.agent_id} to connect "
               f"({self.agent.last_error or 'no error yet'})", timeout)
         return self
 
-    def wait_disconnected(self, timeout: float = 15.0) -> "_Sim":
+    def wait_disconnected(self, timeout: float = 15.0) -> "SimAgent":
         _wait(lambda: not self.agent.connected, f"{self.agent_id} to disconnect", timeout)
         return self
 
@@ -131,7 +131,7 @@ class _Sim:
                 "sessions": self.agent.sessions,
                 "calls": [[m, p, o] for m, p, o in self.faults.calls()]}
 
-    def _dump(self) -> None:
+    def dump_state(self) -> None:
         if self.state_file is None:
             return
         tmp = self.state_file.with_suffix(".tmp")
@@ -139,7 +139,7 @@ class _Sim:
         os.replace(tmp, self.state_file)
 
 
-class SimKaktus(_Sim):
+class SimKaktus(SimAgent):
     """A simulated Kaktus (hypervisor + its Ceph): upstream's RPCs over `KaktusModel`."""
 
     agent_type = "Kaktus"
@@ -204,7 +204,33 @@ class SimKaktus(_Sim):
         return out
 
 
-class SimKontroller(_Sim):
+class SimKiwi(SimAgent):
+    """A simulated Kiwi (DNS): upstream's RPCs over `KiwiModel`."""
+
+    agent_type = "Kiwi"
+
+    def __init__(self, agent_id: str, key: str, endpoint: str, *, model: KiwiModel | None = None,
+                 state_file: str | Path | None = None, **agent_kwargs: Any) -> None:
+        self.model = model or KiwiModel()
+        super().__init__(agent_id, key, endpoint, handlers_for("Kiwi", self.model),
+                         state_file=state_file, **agent_kwargs)
+
+    def records(self) -> dict[str, list[str]]:
+        """{fqdn with trailing dot: [addresses]} as served now."""
+        return self._sync(self.model.records)
+
+    def resolve(self, name: str) -> list[str]:
+        return self._sync(lambda: self.model.resolve(name))
+
+    def reloads(self) -> int:
+        return self._sync(lambda: self.model.reloads)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), "zones": copy.deepcopy(self.model.zones),
+                "records": self.model.records(), "reloads": self.model.reloads}
+
+
+class SimKontroller(SimAgent):
     """An appliance's Kontroller, booted from the cloud-init files of its ISO."""
 
     agent_type = "Kontroller"
@@ -269,7 +295,7 @@ class SimHost:
         self._ready = threading.Event()
         self._closing: trio.Event | None = None
         self._error: BaseException | None = None
-        self.sims: list[_Sim] = []
+        self.sims: list[SimAgent] = []
 
     def __enter__(self) -> "SimHost":
         self.thread = threading.Thread(target=self._main, name="sim-host", daemon=True)
@@ -325,7 +351,7 @@ class SimHost:
     def run(self, afn: Callable[[], Any]) -> Any:
         return trio.from_thread.run(afn, trio_token=self._token)
 
-    def add(self, sim: _Sim) -> _Sim:
+    def add(self, sim: SimAgent) -> SimAgent:
         sim._host = self
         self.sims.append(sim)
         assert self._nursery is not None
@@ -334,6 +360,9 @@ class SimHost:
 
     def kaktus(self, agent_id: str, key: str, endpoint: str, **kwargs: Any) -> SimKaktus:
         return self.add(SimKaktus(agent_id, key, endpoint, **kwargs))   # type: ignore[return-value]
+
+    def kiwi(self, agent_id: str, key: str, endpoint: str, **kwargs: Any) -> SimKiwi:
+        return self.add(SimKiwi(agent_id, key, endpoint, **kwargs))   # type: ignore[return-value]
 
     def kontroller(self, kaktus: SimKaktus, pool: str, volume: str, **kwargs: Any) -> SimKontroller:
         """The appliance whose CD-ROM is `pool/volume` on that simulated Kaktus (re-read at
