@@ -3,6 +3,7 @@
   POST /project/{projectId}/record           a project DNS record (201, DnsRecord); domain = the
                                              project's; pushed to the Kiwis of its regions only
   GET  /project/{projectId}/records          ids of the project's DNS records
+  POST /project/{projectId}/region/{regionId}/kylo?nfsId=    a Kylo NFS share (kahuna.resources.kylo)
   GET  /project/{projectId}/region/{regionId}/kylos[?nfsId=]  ids of the project's Kylo shares there
 
 Koala (Kowabunga's web UI) still calls pre-0.58 paths; they are aliases, with the very rule and
@@ -20,7 +21,7 @@ from quart import request
 from kahuna.api.infra import child_ids
 from kahuna.api.routes import RouteTable, json_body, json_response, target_doc
 from kahuna.auth import policy
-from kahuna.resources import dns
+from kahuna.resources import dns, kylo
 from kahuna.resources.errors import NotFoundError, Unavailable
 from kahuna.resources.kind import get_kind
 from kahuna.resources.service import Resources
@@ -30,6 +31,7 @@ from kahuna.store import errors as store_errors
 
 def install(table: RouteTable, resources: Resources) -> None:
     _install_records(table, resources)
+    _install_kylo(table, resources)
     _install_koala(table, resources)
 
 
@@ -45,6 +47,16 @@ def _install_records(table: RouteTable, res: Resources) -> None:
               name="create_project_dns_record")
     table.add("/project/{projectId}/records", "GET", "project", list_records,
               name="list_project_dns_records")
+
+
+def _install_kylo(table: RouteTable, res: Resources) -> None:
+    async def create(principal, projectId, regionId):
+        doc = await kylo.create_kylo(res, target_doc(), regionId, request.args.get("nfsId") or None,
+                                     await json_body())
+        return json_response(present(kylo.KYLO, doc), 201)
+
+    table.add("/project/{projectId}/region/{regionId}/kylo", "POST", "projectAdmin", create,
+              name="create_project_region_kylo")
 
 
 def _install_koala(table: RouteTable, res: Resources) -> None:

@@ -9,12 +9,14 @@ from tests.conftest import make_client
 from tests.identity.helpers import identity_config
 from tests.infra.helpers import CALL_TIMEOUT, SimAgent
 from tests.kahuna_proc import Kahuna
+from tests.services.helpers import SimKaktus
 
 
 @pytest.fixture(scope="module")
 def kahuna(tmp_path_factory, smtp_sink):
     work = tmp_path_factory.mktemp("services")
-    config = identity_config(work, smtp_sink, ws={"callTimeout": CALL_TIMEOUT})
+    # no document cache: tests.services.helpers.give_private_subnet writes into the store
+    config = identity_config(work, smtp_sink, ws={"callTimeout": CALL_TIMEOUT}, cache={"enabled": False})
     with Kahuna(work, config) as k:
         k.config_path = config
         yield k
@@ -34,6 +36,11 @@ def sims(tmp_path_factory):
     class Sims:
         def start(self, kahuna, agent: dict, **kwargs) -> SimAgent:
             sim = SimAgent(kahuna, work, agent, **kwargs)
+            started.append(sim)
+            return sim
+
+        def kaktus(self, kahuna, agent: dict, **kwargs) -> SimKaktus:
+            sim = SimKaktus(kahuna, work, agent, **kwargs)
             started.append(sim)
             return sim
 

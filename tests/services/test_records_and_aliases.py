@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import kowabunga
 import pytest
-from kowabunga.exceptions import ApiException, NotFoundException
+from kowabunga.exceptions import ApiException
 
 from tests.conftest import make_client
 from tests.identity.helpers import create_confirmed_user, login
