@@ -15,7 +15,8 @@ from kahuna.api.routes import json_response
 from kahuna.api.session import client_address
 from kahuna.metadata import identify, profile
 from kahuna.metadata.throttle import Buckets
-from kahuna.resources.errors import DomainError, TooManyRequests
+from kahuna.resources.errors import DomainError, TooManyRequests, Unavailable
+from kahuna.store import errors as store_errors
 
 # A boot storm of 300 instances behind one NAT address reading ~3 times each is 900 requests:
 # the per-address burst holds it. Failed identifications are what a scanner produces.
@@ -43,13 +44,16 @@ def install(table, *, resources, server_secret: str) -> None:
         try:
             caller = await identify.identify(resources.store, server_secret, request.headers, source,
                                              legacy_headers=legacy)
+            wait = per_instance.take(str(caller.instance["_id"]))
+            if wait:
+                raise throttled(wait, "for this instance")
+            body = await profile.build(resources.store, caller.instance, server_secret=server_secret)
         except DomainError as exc:
             if exc.status in (401, 403):
                 failures.take(address)
             raise
-        wait = per_instance.take(str(caller.instance["_id"]))
-        if wait:
-            raise throttled(wait, "for this instance")
-        return json_response(await profile.build(resources.store, caller.instance), 200)
+        except store_errors.Unavailable as exc:
+            raise Unavailable(f"database unavailable: {exc}") from None
+        return json_response(body, 200)
 
     table.add("/latest/meta-data", "GET", "public", meta_data, name="metadata", prefix="")

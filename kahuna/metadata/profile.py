@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from kahuna.auth.secrets import unseal
 from kahuna.metadata.identify import instance_region
 from kahuna.store import errors as store_errors
 from kahuna.store.base import is_valid_id
@@ -50,7 +51,8 @@ def _name(doc: Mapping[str, Any]) -> str:
     return str(doc.get("name") or "")
 
 
-async def build(store, instance: Mapping[str, Any]) -> dict[str, Any]:
+async def build(store, instance: Mapping[str, Any], *, server_secret: str = "") -> dict[str, Any]:
+    """The profile of `instance`; `server_secret` opens sealed IPsec pre-shared keys."""
     project = await _get(store, "project", instance.get("project_id"))
     kaktus = await _get(store, "kaktus", instance.get("kaktus_id"))
     zone = await _get(store, "zone", instance.get("zone_id") or kaktus.get("zone_id"))
@@ -81,12 +83,13 @@ async def build(store, instance: Mapping[str, Any]) -> dict[str, Any]:
     if profile == "kawaii":
         kawaii = await _get(store, "kawaii", instance.get("profile_id"))
         if kawaii and kawaii.get("project_id") == instance.get("project_id"):
-            out["kawaii"] = await _kawaii(store, kawaii, instance, zone, subnet)
+            out["kawaii"] = await _kawaii(store, kawaii, zone, subnet, server_secret)
             out["peers"] = await _peers(store, kawaii, instance)
     elif profile == "konvey":
         konvey = await _get(store, "konvey", instance.get("profile_id"))
         if konvey and konvey.get("project_id") == instance.get("project_id"):
-            out["konvey"] = _konvey(konvey)
+            out["konvey"] = _konvey(konvey, subnet)
+            out["peers"] = await _peers(store, konvey, instance)
     return out
 
 
@@ -115,14 +118,34 @@ async def _peers(store, appliance: Mapping[str, Any], instance: Mapping[str, Any
     return sorted(set(peers))
 
 
-def _vips(doc: Mapping[str, Any], zone_id: Any) -> list[dict[str, Any]]:
+def _mask(cidr: Any) -> int:
+    try:
+        return int(str(cidr).split("/", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _vip(vrrp_id, interface, vip, priority, mask, public) -> dict[str, Any]:
+    return {"vrrp_id": int(vrrp_id or 0), "interface": interface, "vip": str(vip or ""),
+            "priority": int(priority), "mask": int(mask or 0), "public": bool(public)}
+
+
+async def _kawaii_vips(store, kawaii: Mapping[str, Any], zone_id: Any, public_subnet) -> list[dict[str, Any]]:
+    """Stored `virtual_ips` when the document has them, else one public VIP per zone from the
+    zone's public VIP adapter and VRRP id; priority 150 for the appliance's own zone."""
+    if kawaii.get("virtual_ips"):
+        return [_vip(v.get("vrrp_id"), str(v.get("interface") or ""), v.get("vip"),
+                     150 if zone_id and v.get("zone_id") == zone_id else v.get("priority") or 100,
+                     v.get("mask"), v.get("public")) for v in kawaii["virtual_ips"]]
+    adapters = kawaii.get("public_adapter_ids") or {}
+    vrrp_ids = kawaii.get("vrrp_ids") or {}
     out = []
-    for vip in doc.get("virtual_ips") or []:
-        own = vip.get("zone_id") in (None, zone_id)
-        out.append({"vrrp_id": int(vip.get("vrrp_id") or 0), "interface": str(vip.get("interface") or ""),
-                    "vip": str(vip.get("vip") or ""),
-                    "priority": 150 if own and vip.get("zone_id") else int(vip.get("priority") or 100),
-                    "mask": int(vip.get("mask") or 0), "public": bool(vip.get("public"))})
+    if isinstance(adapters, dict):
+        for vip_zone, adapter_id in sorted(adapters.items()):
+            adapter = await _get(store, "adapter", adapter_id)
+            for address in adapter.get("addresses") or []:
+                out.append(_vip(vrrp_ids.get(vip_zone), "ens3", address, 150 if vip_zone == zone_id else 100,
+                                _mask(public_subnet.get("cidr")), True))
     return out
 
 
@@ -130,9 +153,15 @@ def _rule(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v not in (None, "") or k in ("protocol", "ports", "action")}
 
 
-async def _kawaii(store, kawaii: Mapping[str, Any], instance, zone, subnet) -> dict[str, Any]:
-    public = sorted(a for a in (kawaii.get("public_vip_addresses") or kawaii.get("public_ips") or [])
-                    if isinstance(a, str))
+def _public_vips(kawaii: Mapping[str, Any]) -> list[str]:
+    for key in ("public_vips", "public_vip_addresses", "public_ips"):
+        if kawaii.get(key):
+            return sorted(a for a in kawaii[key] if isinstance(a, str))
+    return sorted(a for a in (kawaii.get("netip") or {}).get("public") or [] if isinstance(a, str))
+
+
+async def _kawaii(store, kawaii: Mapping[str, Any], zone, subnet, server_secret: str) -> dict[str, Any]:
+    public = _public_vips(kawaii)
     public_subnet = await _get(store, "subnet", kawaii.get("public_subnet_id"))
     firewall = kawaii.get("firewall") or {}
     ingress = firewall.get("ingress") or []
@@ -145,8 +174,11 @@ async def _kawaii(store, kawaii: Mapping[str, Any], instance, zone, subnet) -> d
                     ports=str(r.get("ports") or ""), action="drop") for vip in public for r in egress]
     nat = [{"private_ip": str(r.get("destination") or ""), "public_ip": vip,
             "protocol": str(r.get("protocol") or "tcp"), "ports": str(r.get("ports") or "")}
-           for vip in public for r in kawaii.get("dnat_rules") or []]
-    ipsecs = [_ipsec(doc) for doc in await store.find("ipsec", {"kawaii_id": kawaii["_id"]}, sort="_id")]
+           for vip in public for r in kawaii.get("dnat") or kawaii.get("dnat_rules") or []]
+    ipsecs = []
+    for collection in ("kawaii_ipsec", "ipsec"):
+        for doc in await store.find(collection, {"kawaii_id": kawaii["_id"]}, sort="_id"):
+            ipsecs.append(_ipsec(doc, server_secret))
     return {
         "public_interface": "ens3",
         "private_interface": "ens4",
@@ -154,7 +186,7 @@ async def _kawaii(store, kawaii: Mapping[str, Any], instance, zone, subnet) -> d
         "vrrp_control_interface": "ens4",
         "public_vip_addresses": public,
         "public_gw_address": str(public_subnet.get("gateway") or ""),
-        "virtual_ips": _vips(kawaii, zone.get("_id")),
+        "virtual_ips": await _kawaii_vips(store, kawaii, zone.get("_id"), public_subnet),
         "fw_input_default": "drop",
         "fw_output_default": str(firewall.get("egress_policy") or "accept"),
         "fw_forward_default": "drop",
@@ -167,6 +199,22 @@ async def _kawaii(store, kawaii: Mapping[str, Any], instance, zone, subnet) -> d
     }
 
 
+def _psk(doc: Mapping[str, Any], server_secret: str) -> str:
+    """The clear PSK: stored sealed (associated data: the IPsec document's id; the Kawaii id and
+    "" are accepted too), or in clear in upstream-migrated documents."""
+    if doc.get("pre_shared_key"):
+        return str(doc["pre_shared_key"])
+    sealed = doc.get("pre_shared_key_sealed")
+    if not sealed or not server_secret:
+        return ""
+    for associated in (str(doc.get("_id") or ""), str(doc.get("kawaii_id") or ""), ""):
+        try:
+            return unseal(server_secret.encode(), sealed, associated)
+        except ValueError:
+            continue
+    return ""
+
+
 def _dh(value: Any) -> str:
     try:
         return DH_GROUPS.get(int(value), "")
@@ -174,11 +222,13 @@ def _dh(value: Any) -> str:
         return str(value or "")
 
 
-def _ipsec(doc: Mapping[str, Any]) -> dict[str, Any]:
+def _ipsec(doc: Mapping[str, Any], server_secret: str) -> dict[str, Any]:
     out = {key: doc.get(key, "") for key in IPSEC_FIELDS}
     out["xfrm_id"] = int(doc.get("xfrm_id") or 0)
     out["remote_peer"] = str(doc.get("remote_peer") or doc.get("remote_ip") or "")
-    out["pre_shared_key"] = str(doc.get("pre_shared_key") or "")
+    out["pre_shared_key"] = _psk(doc, server_secret)
+    out["dpd_action"] = str(doc.get("dpd_action") or doc.get("dpd_timeout_action") or "")
+    out["rekey"] = str(doc.get("rekey") or doc.get("rekey_time") or "")
     for phase in ("phase1", "phase2"):
         out[f"{phase}_df_group"] = _dh(doc.get(f"{phase}_df_group") or doc.get(f"{phase}_dh_group_number"))
     out["ingress_rules"] = [_rule(source_ip=r.get("source") or "0.0.0.0/0", protocol=r.get("protocol") or "tcp",
@@ -187,15 +237,17 @@ def _ipsec(doc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _konvey(konvey: Mapping[str, Any]) -> dict[str, Any]:
+def _konvey(konvey: Mapping[str, Any], subnet: Mapping[str, Any]) -> dict[str, Any]:
     endpoints = []
     for ep in konvey.get("endpoints") or []:
         backends = ep.get("backends") or {}
         hosts = backends.get("hosts") if isinstance(backends, dict) else None
         port = int(backends.get("port") or 0) if isinstance(backends, dict) else 0
         items = ([{"host": str(h), "port": port} for h in hosts or []] if hosts is not None
-                 else [{"host": str(b.get("host")), "port": int(b.get("port") or 0)} for b in backends])
+                 else [{"host": str(b.get("host")), "port": int(b.get("port") or 0)} for b in backends
+                       if isinstance(b, dict)])
         endpoints.append({"name": str(ep.get("name") or ""), "port": int(ep.get("port") or 0),
                           "protocol": str(ep.get("protocol") or "tcp"), "backends": items})
     return {"private_interface": "ens4", "vrrp_control_interface": "ens4",
-            "virtual_ips": _vips(konvey, None), "endpoints": endpoints}
+            "virtual_ips": [_vip(konvey.get("vrrp_id"), "ens4", konvey["vip"], 100, _mask(subnet.get("cidr")), False)]
+            if konvey.get("vip") else [], "endpoints": endpoints}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import socket
 import time
 import uuid
 
@@ -19,8 +21,9 @@ import kowabunga
 import pytest
 import trio
 
+from kahuna.auth.secrets import seal
 from kahuna.config import from_mapping
-from kahuna.metadata.profile import BASE_FIELDS, IPSEC_FIELDS, KAWAII_FIELDS
+from kahuna.metadata.profile import BASE_FIELDS, IPSEC_FIELDS, KAWAII_FIELDS, KONVEY_FIELDS
 from kahuna.metadata.token import instance_token, verify
 from kahuna.store.base import new_id
 from kahuna.store.embedded import EmbeddedStore
@@ -39,22 +42,36 @@ def unique(prefix: str) -> str:
 @pytest.fixture(scope="module")
 def kahuna(tmp_path_factory):
     work = tmp_path_factory.mktemp("kahuna-metadata")
+    # no document cache: the test edits appliance documents next to the daemon (until the
+    # kawaii/konvey kinds land, their API is not there to do it through)
     config = write_config(work / "kahuna.yml", work / "data", serverSecret=SECRET,
-                          http={"trustedProxies": ["127.0.0.2"]})
+                          http={"trustedProxies": ["127.0.0.2"]}, cache={"enabled": False})
     with Kahuna(work, config) as k:
         yield k
 
 
-def insert(kahuna, collection: str, docs: list[dict]) -> None:
+def with_store(kahuna, fn) -> None:
     async def run():
         store = EmbeddedStore(kahuna.workdir / "data" / "kahuna.sqlite3")
         await store.open()
         try:
-            for doc in docs:
-                await store.insert(collection, doc)
+            await fn(store)
         finally:
             await store.close()
     trio.run(run)
+
+
+def insert(kahuna, collection: str, docs: list[dict]) -> None:
+    async def fn(store):
+        for doc in docs:
+            await store.insert(collection, doc)
+    with_store(kahuna, fn)
+
+
+def update(kahuna, collection: str, doc_id: str, fields: dict) -> None:
+    async def fn(store):
+        await store.update_fields(collection, doc_id, fields)
+    with_store(kahuna, fn)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +84,7 @@ def world(kahuna):
         p1 = projects.create_project(kowabunga.Project(name=unique("p1"), domain="p1.acme.test", tags=["a"],
                                                        teams=[team.id], regions=[region.id]))
         p2 = projects.create_project(kowabunga.Project(name=unique("p2"), teams=[team.id], regions=[region.id]))
-    kawaii_id, storm_ids = new_id(), []
+    kawaii_id, konvey_id, ipsec_id = new_id(), new_id(), new_id()
 
     def instance(name, project, ip, **extra):
         return {"_id": new_id(), "name": name, "description": f"{name} desc", "project_id": project,
@@ -78,18 +95,30 @@ def world(kahuna):
     b = instance("vm-b", p1.id, "127.0.0.24")
     c = instance("vm-c", p2.id, "127.0.0.25")
     gw = instance("kawaii-p1-z-1", p1.id, "127.0.0.26", profile="kawaii", profile_id=kawaii_id)
+    lb = instance("konvey-p1-z-1", p1.id, "127.0.0.27", profile="konvey", profile_id=konvey_id)
+    # an appliance document of another project must not be served to this project's instance
+    stray = instance("vm-stray", p2.id, "127.0.0.28", profile="kawaii", profile_id=kawaii_id)
     storm = [instance(f"storm-{i}", p2.id, f"10.9.{i // 250}.{i % 250 + 1}") for i in range(300)]
-    insert(kahuna, "instance", [a, b, c, gw] + storm)
+    insert(kahuna, "instance", [a, b, c, gw, lb, stray] + storm)
     insert(kahuna, "kawaii", [{"_id": kawaii_id, "name": "kawaii-p1", "project_id": p1.id,
-                               "region_id": region.id, "public_vip_addresses": ["127.0.0.50"],
+                               "region_id": region.id, "public_vips": ["127.0.0.50"],
                                "firewall": {"ingress": [{"source": "0.0.0.0/0", "protocol": "tcp", "ports": "22"}],
                                             "egress_policy": "accept", "egress": []},
-                               "dnat_rules": [], "virtual_ips": [], "instance_ids": [gw["_id"]]}])
-    insert(kahuna, "ipsec", [{"_id": new_id(), "kawaii_id": kawaii_id, "name": "to-hq", "ip": "127.0.0.50",
-                              "xfrm_id": 1, "remote_ip": "198.51.100.7", "remote_subnet": "10.200.0.0/16",
-                              "pre_shared_key": PSK, "phase1_dh_group_number": 14, "phase2_dh_group_number": 19,
-                              "ingress_rules": [{"source": "10.200.0.0/16", "protocol": "tcp", "ports": "443"}]}])
-    return {"a": a, "b": b, "c": c, "gw": gw, "storm": storm, "p1": p1.id}
+                               "dnat": [], "instance_ids": [gw["_id"]]}])
+    # services' agreed shape: collection kawaii_ipsec, the PSK sealed under the server secret
+    insert(kahuna, "kawaii_ipsec", [{
+        "_id": ipsec_id, "kawaii_id": kawaii_id, "name": "to-hq", "ip": "127.0.0.50", "xfrm_id": 1,
+        "remote_ip": "198.51.100.7", "remote_subnet": "10.200.0.0/16",
+        "pre_shared_key_sealed": seal(SECRET.encode(), PSK, ipsec_id), "dpd_timeout_action": "restart",
+        "dpd_timeout": "240s", "start_action": "start", "rekey_time": "3h",
+        "phase1_dh_group_number": 14, "phase2_dh_group_number": 19,
+        "firewall": {"ingress": [{"source": "10.200.0.0/16", "protocol": "tcp", "ports": "443"}]}}])
+    insert(kahuna, "konvey", [{"_id": konvey_id, "name": "web", "project_id": p1.id, "region_id": region.id,
+                               "vip": "10.0.0.200", "vrrp_id": 7, "failover": False,
+                               "endpoints": [{"name": "https", "port": 443, "protocol": "tcp",
+                                              "backends": {"hosts": ["10.0.0.5", "10.0.0.6"], "port": 8443}}]}])
+    return {"a": a, "b": b, "c": c, "gw": gw, "lb": lb, "stray": stray, "storm": storm, "p1": p1.id,
+            "kawaii_id": kawaii_id}
 
 
 def conn(kahuna, source: str = "127.0.0.1") -> http.client.HTTPConnection:
@@ -172,8 +201,9 @@ def test_kawaii_appliance_sees_its_psk_and_nobody_else_does(kahuna, world):
     assert set(ipsec) == set(IPSEC_FIELDS)
     assert ipsec["pre_shared_key"] == PSK and ipsec["remote_peer"] == "198.51.100.7"
     assert (ipsec["phase1_df_group"], ipsec["phase2_df_group"]) == ("modp2048", "ecp256")
+    assert (ipsec["dpd_action"], ipsec["rekey"], ipsec["ingress_rules"][0]["ports"]) == ("restart", "3h", "443")
     assert kawaii["public_vip_addresses"] == ["127.0.0.50"] and kawaii["fw_input_rules"][0]["ports"] == "22"
-    for who in ("a", "b", "c"):
+    for who in ("a", "b", "c", "lb", "stray"):
         raw = json.dumps(get(conn(kahuna), by_token(world[who]))[1])
         assert PSK not in raw and "kawaii" not in json.loads(raw)
     assert PSK not in kahuna.new_stderr() and PSK not in kahuna.stdout()
@@ -203,23 +233,76 @@ def test_boot_storm_of_300_instances_passes(kahuna, world):
     assert throttled == 0
 
 
+def pipelined(kahuna, source: str, requests: list[bytes]) -> list[tuple[int, dict]]:
+    """A raw keep-alive HTTP/1.1 client that pipelines: send a batch, read as many answers."""
+    sock = socket.create_connection(("127.0.0.1", kahuna.http_port), timeout=20, source_address=(source, 0))
+    out, buf = [], b""
+    try:
+        for i in range(0, len(requests), 200):
+            batch = requests[i:i + 200]
+            sock.sendall(b"".join(batch))
+            for _ in batch:
+                while b"\r\n\r\n" not in buf:
+                    chunk = sock.recv(65536)
+                    assert chunk, f"connection closed after {len(out)} answers"
+                    buf += chunk
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+                length = int(headers.get("content-length", 0))
+                while len(buf) < length:
+                    buf += sock.recv(65536)
+                buf = buf[length:]
+                out.append((int(lines[0].split()[1]), headers))
+    finally:
+        sock.close()
+    return out
+
+
 def test_scan_of_random_ids_is_throttled(kahuna):
-    c = conn(kahuna, "127.0.0.99")
-    started, first_429, statuses, retry_after = time.monotonic(), None, {}, None
-    for i in range(10_000):
-        status, body, headers = get(c, by_token({"_id": new_id()}, "x" * 43))
-        statuses[status] = statuses.get(status, 0) + 1
-        if status == 429 and first_429 is None:
-            first_429, retry_after = i, headers.get("retry-after")
-            assert body["status"] == 429
-        if time.monotonic() - started > 8:  # bounded: the figures are reported either way
-            break
+    """10,000 reads of random instance ids with made-up tokens, from one source address."""
+    request = ("GET /latest/meta-data HTTP/1.1\r\nHost: kahuna\r\nX-Kowabunga-Instance-Id: {}\r\n"
+               "X-Kowabunga-Instance-Token: " + "x" * 43 + "\r\n\r\n")
+    started, answers = time.monotonic(), []
+    for _ in range(10):  # hypercorn closes a keep-alive connection after 1000 requests
+        answers += pipelined(kahuna, "127.0.0.99", [request.format(new_id()).encode() for _ in range(1000)])
     elapsed = time.monotonic() - started
-    print(f"\nscan: {sum(statuses.values())} requests in {elapsed:.2f} s, first 429 after {first_429}, {statuses}")
-    assert first_429 is not None and first_429 <= 60 and int(retry_after) >= 1
-    assert statuses.get(403, 0) <= 60 + elapsed * 2  # the rest were refused without a lookup
-    # an honest instance elsewhere is not affected
-    assert get(conn(kahuna), by_token({"_id": new_id()}))[0] == 403
+    statuses = [status for status, _ in answers]
+    first_429 = statuses.index(429)
+    counts = {s: statuses.count(s) for s in set(statuses)}
+    print(f"\nscan: {len(statuses)} requests in {elapsed:.2f} s, first 429 after {first_429}, {counts}")
+    assert len(statuses) == 10_000 and first_429 <= 50 and set(statuses) <= {403, 429}
+    assert counts[403] <= 50 + elapsed * 1 + 1  # refill 1/s: the scan learned nothing more
+    assert int(answers[first_429][1]["retry-after"]) >= 1
+    # the throttle is per address: an instance elsewhere still reads its profile
+    assert get(conn(kahuna, "127.0.0.98"), by_token({"_id": new_id()}))[0] == 403
+
+
+def test_token_rotates_with_the_generation(kahuna, world):
+    b = world["b"]
+    old = token_of(b)
+    update(kahuna, "instance", b["_id"], {"metadata_generation": 1})
+    assert get(conn(kahuna), by_token(b, old))[0] == 403
+    assert get(conn(kahuna), by_token(b, instance_token(SECRET, b["_id"], 1)))[0] == 200
+
+
+def test_konvey_appliance_profile(kahuna, world):
+    status, body, _ = get(conn(kahuna), by_token(world["lb"]))
+    assert status == 200 and set(body) == set(BASE_FIELDS) | {"konvey"}
+    konvey = body["konvey"]
+    assert set(konvey) == set(KONVEY_FIELDS)
+    assert konvey["virtual_ips"] == [{"vrrp_id": 7, "interface": "ens4", "vip": "10.0.0.200", "priority": 100,
+                                      "mask": 0, "public": False}]
+    assert konvey["endpoints"] == [{"name": "https", "port": 443, "protocol": "tcp",
+                                    "backends": [{"host": "10.0.0.5", "port": 8443}, {"host": "10.0.0.6", "port": 8443}]}]
+
+
+def test_appliance_profile_follows_changes(kahuna, world):
+    update(kahuna, "kawaii", world["kawaii_id"], {"firewall": {
+        "ingress": [{"source": "192.0.2.0/24", "protocol": "udp", "ports": "51820"}], "egress_policy": "drop"}})
+    kawaii = get(conn(kahuna), by_token(world["gw"]))[1]["kawaii"]
+    assert [(r["source_ip"], r["protocol"], r["ports"]) for r in kawaii["fw_input_rules"]] == [("192.0.2.0/24", "udp", "51820")]
+    assert kawaii["fw_output_default"] == "drop"
 
 
 def test_legacy_headers_setting():
