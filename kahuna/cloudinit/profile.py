@@ -8,10 +8,13 @@ already hashed) and `kahuna.cloudinit.digest` tells whether an ISO must be rebui
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 LINUX, WINDOWS = "linux", "windows"
 APPLIANCES = ("kawaii", "konvey")
+# upstream's hostname check (RFC 1123 labels, `_` allowed): the name lands in shell lines too
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class CloudInitProfile:
     adapters: tuple[NetAdapter, ...] = ()
 
     def __post_init__(self) -> None:
+        if not _HOSTNAME.fullmatch(self.hostname) or len(self.hostname) > 253:
+            raise ValueError(f"hostname {self.hostname!r} is not an RFC 1123 host name")
         if self.os not in (LINUX, WINDOWS):
             raise ValueError(f"os must be {LINUX!r} or {WINDOWS!r}, not {self.os!r}")
         if self.profile not in ("",) + APPLIANCES:

@@ -8,7 +8,8 @@ MetadataAlias, InterfacesSubnet, Region, Zone, InstanceID, MetadataEndpoint, Loc
 MetadataToken, ControllerEndpoint, ControllerAgentID, ControllerAgentToken, Adapters[] with
 Device, MAC, Private, Addresses, GatewayEnabled, VLANGateway, InternetGateway, Profile, DNS,
 Domain, Routes). Upstream's Go templates cannot be run as they are; the filters `yq` (quoted YAML
-scalar), `ps` (single-quoted PowerShell literal), `b64encode` and `sha512` cover what they did.
+scalar), `ps` (single-quoted PowerShell literal), `sh` (shell word), `b64encode` and `sha512`
+cover what they did.
 
 StrictUndefined: a typo in an operator's template fails the render (a clear error at create),
 instead of writing an empty value into a VM's boot configuration.
@@ -19,7 +20,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-import json
+import shlex
+from functools import lru_cache
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -42,13 +44,41 @@ class TemplateError(ValueError):
 
 
 def _yq(value: Any) -> str:
-    """A YAML double-quoted scalar: JSON string syntax is valid YAML, and nothing can escape it."""
-    return json.dumps("" if value is None else str(value))
+    """A YAML double-quoted scalar that nothing can escape: printable ASCII as is, everything else
+    (quotes, backslashes, line breaks, C1 controls, U+2028, astral characters) as YAML escapes,
+    which PyYAML (cloud-init's parser) reads back exactly."""
+    out = ['"']
+    for ch in "" if value is None else str(value):
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+# PowerShell treats these as single quotes too (a lone one would end the literal)
+_PS_QUOTES = ("'", "\u2018", "\u2019", "\u201a", "\u201b")
 
 
 def _ps(value: Any) -> str:
-    """A PowerShell single-quoted literal (no `$` expansion; `'` doubled)."""
-    return "'" + str(value).replace("'", "''") + "'"
+    """A PowerShell single-quoted literal (no `$` expansion; every kind of single quote doubled)."""
+    text = str(value)
+    for q in _PS_QUOTES:
+        text = text.replace(q, q + q)
+    return "'" + text + "'"
+
+
+def _sh(value: Any) -> str:
+    """A POSIX shell word (for runcmd lines, which cloud-init runs through sh)."""
+    return shlex.quote(str(value))
 
 
 def _b64encode(value: Any) -> str:
@@ -58,13 +88,19 @@ def _b64encode(value: Any) -> str:
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)
-    env.filters.update(yq=_yq, ps=_ps, b64encode=_b64encode, sha512=hash_password)
+    env.filters.update(yq=_yq, ps=_ps, sh=_sh, b64encode=_b64encode, sha512=hash_password)
     return env
 
 
 _ENV = _env()
 
 
+@lru_cache(maxsize=64)
+def _compiled(text: str) -> jinja2.Template:
+    return _ENV.from_string(text)
+
+
+@lru_cache(maxsize=None)
 def _package_text(name: str) -> str:
     return resources.files("kahuna.cloudinit").joinpath("templates", name).read_text(encoding="utf-8")
 
@@ -150,7 +186,7 @@ def render(profile: CloudInitProfile, templates: Mapping[str, str] | None = None
     for name in FILES:
         text = (templates or {}).get(name) or default_template(profile.os, name)
         try:
-            rendered = _ENV.from_string(text).render(context)
+            rendered = _compiled(text).render(context)
         except jinja2.TemplateError as e:  # message names the template problem, never the values
             raise TemplateError(f"cloud-init {profile.os} {name} template: {e.message or type(e).__name__}") from None
         out[name] = rendered if rendered.endswith("\n") else rendered + "\n"

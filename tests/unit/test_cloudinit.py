@@ -129,6 +129,27 @@ def test_hostile_values_stay_data():
     assert p["meta-data"]["availability-zone"] == evil and "foo" not in p["meta-data"]
 
 
+def test_any_unicode_value_round_trips_through_yaml():
+    tricky = "caf\u00e9 \U0001f600 nel\x85 ls\u2028 del\x7f tab\t bs\\ q\" nul\x00?"
+    md = parsed(render(profile(region=tricky)))["meta-data"]
+    assert md["region"] == tricky
+
+
+def test_powershell_literals_resist_every_single_quote():
+    """PowerShell ends a single-quoted string at ' and at the typographic single quotes too."""
+    pw = "a\u2019; Remove-Item C:\\ -Recurse; \u2018'$x"
+    ud = render(profile(os="windows", root_password=pw))["user-data"]
+    literal = "'" + pw.replace("'", "''").replace("\u2019", "\u2019\u2019").replace("\u2018", "\u2018\u2018") + "'"
+    assert f"-Pass {literal} " in ud
+
+
+@pytest.mark.parametrize("bad", ["-web", "web 1", "web;reboot", "$(id)", "x" * 64, ""])
+def test_hostname_must_be_a_host_name(bad):
+    """It lands in shell lines (runcmd) and PowerShell: refuse anything but RFC 1123 labels."""
+    with pytest.raises(ValueError, match="host name"):
+        profile(hostname=bad)
+
+
 def test_windows_variant():
     files = render(profile(os="windows"))
     p = {k: yaml.safe_load(files[k]) for k in ("meta-data", "network-config")}
