@@ -59,3 +59,22 @@ def test_not_an_iso():
 def test_bytes_and_unicode_content():
     data = read_iso(build_iso({"user-data": "#cloud-config\nhostname: \"é\"\n", "meta-data": b"a: 1\n"}))
     assert data == {"user-data": "#cloud-config\nhostname: \"é\"\n", "meta-data": "a: 1\n"}
+
+
+@pytest.mark.parametrize("joliet,rock_ridge", [(3, None), (None, None)])
+def test_reads_images_without_rock_ridge(joliet, rock_ridge):
+    """Other writers' seeds: Joliet only, or bare ISO 9660 (names read back lowercased)."""
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, vol_ident="CIDATA", joliet=joliet, rock_ridge=rock_ridge)
+    for iso_name, name, data in (("/META_DATA.;1", "meta-data", b"a: 1\n"), ("/USER_DATA.;1", "user-data", b"#cloud-config\n")):
+        kw = {"joliet_path": "/" + name} if joliet else {}
+        iso.add_fp(io.BytesIO(data), len(data), iso_path=iso_name, **kw)
+    out = io.BytesIO()
+    iso.write_fp(out)
+    iso.close()
+    files = read_iso(out.getvalue())
+    if joliet:
+        assert files == {"meta-data": "a: 1\n", "user-data": "#cloud-config\n"}
+    else:
+        assert files == {"meta_data": "a: 1\n", "user_data": "#cloud-config\n"}
+    assert volume_label(out.getvalue()).lower() == "cidata"
