@@ -309,3 +309,11 @@ def test_legacy_headers_setting():
     assert from_mapping({})[0].metadata_legacy_headers is True
     config, unknown = from_mapping({"global": {"metadata": {"legacyHeaders": False}}})
     assert config.metadata_legacy_headers is False and not unknown
+
+
+def test_one_instance_reading_in_a_loop_is_throttled(kahuna, world):
+    c = conn(kahuna, "127.0.0.70")
+    statuses = [get(c, by_token(world["c"]))[0] for _ in range(45)]
+    assert statuses[:25] == [200] * 25 and 429 in statuses  # burst 30, refill 2/s
+    status, body, headers = get(c, by_token(world["c"]))
+    assert status == 429 and "instance" in body["reason"] and int(headers["retry-after"]) >= 1
