@@ -158,6 +158,8 @@ KYLO = register(Kind(
     access=Access(read="project", create="projectAdmin", update="projectAdmin", delete="projectAdmin"),
     routes=frozenset({"list", "read", "update", "delete"}),
     indexed=("project_id",),
+    # a project with shares is not deleted (409 naming them) rather than leaving exports behind
+    references=(Parent("project", "project_id"),),
     label="Kylo",
     serialize_writes=True,
     hooks=Hooks(after_update=_after_update, before_delete=_before_delete),
