@@ -155,3 +155,30 @@ def test_candidate_from_a_stored_kaktus():
     fresh = candidate_from_kaktus({"_id": "k2", "name": "k2"}, connected=True, methods=DEFAULT_METHODS)
     with pytest.raises(NoEligibleHost, match="capabilities not known yet"):
         choose_host(req(), [fresh])
+
+
+def test_random_fleets_never_overcommit_and_ignore_listing_order():
+    """500 random fleets: the winner is eligible, has room, and does not depend on list order."""
+    import random
+
+    rnd = random.Random(20261201)
+    for _ in range(500):
+        fleet = [host(f"k{i}", id=f"{rnd.randrange(1000):03}", zone=rnd.choice("ab"), zone_name="z",
+                      connected=rnd.random() > 0.2, maintenance=rnd.random() < 0.2,
+                      cpu_threads=rnd.choice([0, 4, 8]), overcommit_cpu=rnd.choice([1, 2, 3]),
+                      used_vcpus=rnd.randrange(24), used_memory=rnd.randrange(40) * GiB,
+                      used_instances=rnd.randrange(10),
+                      instance_names=tuple(rnd.sample(["web-1", "web-2", "web-3", "db-1"], rnd.randrange(3))))
+                 for i in range(rnd.randrange(1, 8))]
+        r = req(name=rnd.choice(["web-2", "db-2", "x"]), vcpus=rnd.randrange(1, 9), memory=rnd.randrange(1, 9) * GiB,
+                kwarantines=(Kwarantine("g", rnd.choice(["host", "zone"]), hosts=frozenset({fleet[0].id}),
+                                        zones=frozenset({fleet[0].zone})),) if rnd.random() < 0.3 else ())
+        try:
+            chosen = choose_host(r, fleet)
+        except NoEligibleHost as e:
+            assert all(refusal_text in e.reason for refusal_text in [f"{fleet[0].name}:"])
+            continue
+        assert chosen.connected and not chosen.maintenance
+        assert chosen.free_vcpus >= r.vcpus and chosen.free_memory >= r.memory
+        rnd.shuffle(fleet)
+        assert choose_host(r, fleet) is chosen
