@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from kahuna.auth.secrets import unseal
 from kahuna.metadata.identify import instance_region
+from kahuna.resources.appliance_fields import dh_group_name
+from kahuna.resources.ipsec_psk import open_psk
 from kahuna.store import errors as store_errors
 from kahuna.store.base import is_valid_id
 
@@ -33,10 +34,6 @@ IPSEC_FIELDS = ("name", "ip", "xfrm_id", "remote_peer", "remote_subnet", "pre_sh
                 "phase1_df_group", "phase1_integrity_algorithm", "phase1_encryption_algorithm",
                 "phase2_lifetime", "phase2_df_group", "phase2_integrity_algorithm",
                 "phase2_encryption_algorithm", "ingress_rules")
-DH_GROUPS = {2: "modp1024", 14: "modp2048", 15: "modp3072", 16: "modp4096", 17: "modp6144",
-             18: "modp8192", 19: "ecp256", 20: "ecp384", 21: "ecp521", 22: "modp1024s160",
-             23: "modp2048s224", 24: "modp2048s256"}
-
 
 async def _get(store, collection: str, doc_id: Any) -> dict[str, Any]:
     if not is_valid_id(doc_id):
@@ -199,27 +196,19 @@ async def _kawaii(store, kawaii: Mapping[str, Any], zone, subnet, server_secret:
     }
 
 
-def _psk(doc: Mapping[str, Any], server_secret: str) -> str:
-    """The clear PSK: stored sealed (associated data: the IPsec document's id; the Kawaii id and
-    "" are accepted too), or in clear in upstream-migrated documents."""
-    if doc.get("pre_shared_key"):
-        return str(doc["pre_shared_key"])
-    sealed = doc.get("pre_shared_key_sealed")
-    if not sealed or not server_secret:
-        return ""
-    for associated in (str(doc.get("_id") or ""), str(doc.get("kawaii_id") or ""), ""):
-        try:
-            return unseal(server_secret.encode(), sealed, associated)
-        except ValueError:
-            continue
-    return ""
-
-
 def _dh(value: Any) -> str:
     try:
-        return DH_GROUPS.get(int(value), "")
+        return dh_group_name(int(value))
     except (TypeError, ValueError):
         return str(value or "")
+
+
+def _psk(doc: Mapping[str, Any], server_secret: str) -> str:
+    """The clear PSK: sealed by the services' IPsec kind (opened the same way), or in clear in
+    documents migrated from upstream."""
+    if doc.get("pre_shared_key"):
+        return str(doc["pre_shared_key"])
+    return open_psk(server_secret, dict(doc)) if server_secret else ""
 
 
 def _ipsec(doc: Mapping[str, Any], server_secret: str) -> dict[str, Any]:
