@@ -144,6 +144,18 @@ def by_source(doc, declared=None) -> dict:
     return {"X-Kowabunga-Instance-Id": doc["_id"], "X-Kowabunga-Source-Ip": declared or doc["local_ip"]}
 
 
+# upstream's InstanceMetadata field types (upstream-tenant.md §10)
+BASE_TYPES = {"instance-id": str, "local-hostname": str, "description": str, "kaktus": str, "vcpu": int,
+              "mem_gb": int, "local-ipv4": str, "subnet_cidr": str, "template": str, "monthly_cost": str,
+              "project": str, "domain": str, "zone": str, "region": str, "tags": list, "peers": list}
+VIP_TYPES = {"vrrp_id": int, "interface": str, "vip": str, "priority": int, "mask": int, "public": bool}
+
+
+def check_types(doc: dict, types: dict) -> None:
+    for key, kind in types.items():
+        assert isinstance(doc[key], kind) and not (kind is int and isinstance(doc[key], bool)), (key, doc[key])
+
+
 def test_token_unit():
     t = instance_token(SECRET, "abc", 0)
     assert verify(SECRET, "abc", 0, t) and not verify(SECRET, "abc", 1, t) and not verify("other", "abc", 0, t)
@@ -154,6 +166,7 @@ def test_instance_reads_its_own_profile_with_its_token(kahuna, world):
     status, body, headers = get(conn(kahuna), by_token(world["a"]))
     assert status == 200 and headers["content-type"].startswith("application/json")
     assert set(body) == set(BASE_FIELDS)  # upstream's field list; no kawaii/konvey part
+    check_types(body, BASE_TYPES)
     assert body["instance-id"] == world["a"]["_id"] and body["local-hostname"] == "vm-a"
     assert (body["vcpu"], body["mem_gb"], body["local-ipv4"], body["domain"]) == (2, 4, "127.0.0.23", "p1.acme.test")
     assert isinstance(body["tags"], list) and isinstance(body["peers"], list)
@@ -199,6 +212,11 @@ def test_kawaii_appliance_sees_its_psk_and_nobody_else_does(kahuna, world):
     assert set(kawaii) == set(KAWAII_FIELDS)
     (ipsec,) = kawaii["ipsec_connections"]
     assert set(ipsec) == set(IPSEC_FIELDS)
+    check_types(body, BASE_TYPES)
+    assert isinstance(ipsec["xfrm_id"], int) and all(isinstance(kawaii[k], list) for k in (
+        "peering_interfaces", "public_vip_addresses", "virtual_ips", "fw_input_rules", "fw_output_rules",
+        "fw_forward_rules", "fw_nat_rules", "ipsec_connections"))
+    assert body["peers"] == []  # the only appliance of its Kawaii
     assert ipsec["pre_shared_key"] == PSK and ipsec["remote_peer"] == "198.51.100.7"
     assert (ipsec["phase1_df_group"], ipsec["phase2_df_group"]) == ("modp2048", "ecp256")
     assert (ipsec["dpd_action"], ipsec["rekey"], ipsec["ingress_rules"][0]["ports"]) == ("restart", "3h", "443")
@@ -291,6 +309,9 @@ def test_konvey_appliance_profile(kahuna, world):
     assert status == 200 and set(body) == set(BASE_FIELDS) | {"konvey"}
     konvey = body["konvey"]
     assert set(konvey) == set(KONVEY_FIELDS)
+    check_types(body, BASE_TYPES)
+    for vip in konvey["virtual_ips"]:
+        check_types(vip, VIP_TYPES)
     assert konvey["virtual_ips"] == [{"vrrp_id": 7, "interface": "ens4", "vip": "10.0.0.200", "priority": 100,
                                       "mask": 0, "public": False}]
     assert konvey["endpoints"] == [{"name": "https", "port": 443, "protocol": "tcp",
