@@ -48,9 +48,12 @@ class Faults:
         """`method` answers after `seconds` (then runs normally, unless it also fails)."""
         self._set(method, "delay", float(seconds), times)
 
-    def drop(self, method: str, times: int | None = 1) -> None:
-        """The connection is cut while `method` runs: no reply, nothing done."""
-        self._set(method, "drop", None, times)
+    def drop(self, method: str, times: int | None = 1, down_for: float | None = 0.0) -> None:
+        """The connection is cut while `method` runs: no reply, nothing done. The agent then
+        stays away `down_for` seconds (None: until `start()`) before it dials again."""
+        if down_for is not None and down_for < 0:
+            raise ValueError("down_for must be >= 0 (or None: until start())")
+        self._set(method, "drop", down_for, times)
 
     def clear(self, method: str | None = None) -> None:
         with self._lock:
@@ -58,7 +61,7 @@ class Faults:
                 del self._rules[key]
 
     def parse(self, spec: str) -> None:
-        """CLI form: `METHOD=fail:MESSAGE`, `METHOD=delay:SECONDS`, `METHOD=drop`."""
+        """CLI form: `METHOD=fail:MESSAGE`, `METHOD=delay:SECONDS`, `METHOD=drop[:DOWN_SECONDS]`."""
         method, _, action = spec.partition("=")
         kind, _, arg = action.partition(":")
         if not method or kind not in ("fail", "delay", "drop"):
@@ -68,7 +71,7 @@ class Faults:
         elif kind == "delay":
             self.delay(method, float(arg))
         else:
-            self.drop(method, times=None)
+            self.drop(method, times=None, down_for=float(arg) if arg else 0.0)
 
     # ---------------------------------------------------------------- reading
 
@@ -93,9 +96,9 @@ class Faults:
 
     # ---------------------------------------------------------------- wrapping
 
-    def wrap(self, handlers: dict[str, Callable], *, drop: Callable[[], Any],
+    def wrap(self, handlers: dict[str, Callable], *, drop: Callable[[float | None], Any],
              after: Callable[[], None] | None = None) -> dict[str, Callable]:
-        """The same handlers, disturbed by the rules; `drop()` cuts the connection (async),
+        """The same handlers, disturbed by the rules; `drop(down_for)` cuts the connection (async),
         `after()` runs once each call has ended (a state dump)."""
         def wrap_one(name: str, fn: Callable) -> Callable:
             async def run(params: Any) -> Any:
@@ -105,8 +108,9 @@ class Faults:
                     rule = self._take(name, "delay")
                     if rule is not None:
                         await trio.sleep(rule.arg)
-                    if self._take(name, "drop") is not None:
-                        await drop()
+                    rule = self._take(name, "drop")
+                    if rule is not None:
+                        await drop(rule.arg)
                         await trio.sleep_forever()      # cancelled with the session
                     rule = self._take(name, "fail")
                     if rule is not None:

@@ -53,8 +53,18 @@ class SimAgent:
         return Agent(self.agent_type, self.agent_id, self.key, self.endpoint,
                      handlers=self._handlers, **self._agent_kwargs)
 
-    async def _drop(self) -> None:
-        await self.agent.drop_connection()
+    async def _drop(self, down_for: float | None) -> None:
+        agent = self.agent
+        await agent.drop_connection()
+        if down_for is None or down_for > 0:
+            agent.stop()                       # stays away: no reconnection by the SDK
+            if down_for is not None and self._nursery is not None:
+                self._nursery.start_soon(self._come_back, agent, down_for)
+
+    async def _come_back(self, agent: Agent, after: float) -> None:
+        await trio.sleep(after)
+        if self.agent is agent:                # not restarted by the test meanwhile
+            self.astart()
 
     # ---------------------------------------------------------------- life cycle (trio side)
 
@@ -86,7 +96,12 @@ class SimAgent:
             with trio.move_on_after(self.agent.close_timeout + 2):
                 await self._done.wait()
 
-    def astart(self) -> None:
+    def astart(self, endpoint: str | None = None) -> None:
+        if endpoint is not None and endpoint != self.endpoint:
+            self.endpoint = endpoint
+            self.agent.stop()                  # the old one closes by itself
+            self._launch()
+            return
         if self._done is None or self._done.is_set():
             self._launch()
 
@@ -105,9 +120,10 @@ class SimAgent:
         else:
             self._host.run(self.astop)
 
-    def start(self) -> None:
-        """Connect again after `stop()`."""
-        self._sync(self.astart)
+    def start(self, endpoint: str | None = None) -> None:
+        """Connect again after `stop()` (or a `drop(down_for=None)`); `endpoint`: to another hub
+        URL (a Kahuna restarted on new ports)."""
+        self._sync(lambda: self.astart(endpoint))
 
     @property
     def connected(self) -> bool:

@@ -160,3 +160,47 @@ async def test_kontroller_boots_from_its_iso_and_reloads_its_profile(hub, metada
     with pytest.raises(AgentError, match="HTTP 403"):
         await hub.hub.call(KONTROLLER, "Reload", {})
     assert kon.state()["reloads"] == 1 and "HTTP 403" in kon.state()["errors"][-1]
+
+
+async def test_drop_with_down_time_and_a_hub_that_moved(hub, start_hub):
+    k = await start(hub, SimKaktus(KAKTUS, KEY, hub.url))
+    k.faults.drop("CreateRawVolume", down_for=0.5)
+    began = trio.current_time()
+    with pytest.raises(Exception):
+        await hub.hub.call(KAKTUS, "CreateRawVolume", {"Pool": "p", "Volume": "v", "Size": 1}, timeout=5)
+    await wait_until(lambda: not hub.hub.is_connected(KAKTUS))
+    await wait_until(lambda: hub.hub.is_connected(KAKTUS), timeout=5)
+    assert trio.current_time() - began >= 0.5
+    k.faults.drop("CreateRawVolume", down_for=None)             # away until start()
+    with pytest.raises(Exception):
+        await hub.hub.call(KAKTUS, "CreateRawVolume", {"Pool": "p", "Volume": "v", "Size": 1}, timeout=5)
+    await trio.sleep(1.2)
+    assert not hub.hub.is_connected(KAKTUS) and not k.connected
+    other = await start_hub()                                   # "Kahuna restarted on new ports"
+    k.start(other.url)
+    await wait_until(lambda: other.hub.is_connected(KAKTUS), timeout=5)
+    assert not hub.hub.is_connected(KAKTUS)
+    await other.hub.call(KAKTUS, "CreateRawVolume", {"Pool": "p", "Volume": "v", "Size": 1})
+    assert k.image("p", "v")["size"] == 1
+
+
+async def test_hundreds_of_vms_on_a_few_sims(start_hub):
+    ids = [f"{i:024x}" for i in range(1, 5)]
+    handle = await start_hub(FAST, InMemoryCredentials([AgentCredential(i, "Kaktus", KEY) for i in ids]))
+    sims = [await start(handle, SimKaktus(i, KEY, handle.url, pools={"ssd": 100 * 2**40})) for i in ids]
+    began = trio.current_time()
+
+    async def vm(n):
+        agent = ids[n % len(ids)]
+        await handle.hub.call(agent, "CreateRawVolume", {"Pool": "ssd", "Volume": f"vm{n}-os", "Size": 10 * GiB})
+        await handle.hub.call(agent, "CreateInstance", {"Name": f"vm{n}", "XML": XML.format(n=f"vm{n}")})
+        await handle.hub.call(agent, "InstanceOperation", {"Name": f"vm{n}", "Action": 0})
+    async with trio.open_nursery() as nursery:
+        for n in range(400):
+            nursery.start_soon(vm, n)
+    assert sum(len(s.domains()) for s in sims) == 400
+    assert all(d["state"] == "Running" for s in sims for d in s.domains().values())
+    assert len({d["spice"]["port"] for d in sims[0].domains().values()}) == 100
+    assert trio.current_time() - began < 20
+    for s in sims:
+        s.model.close()
