@@ -174,6 +174,16 @@ class DnsEffects:
         for agent_id in self.calls.eligible(agent_ids, "Reload"):
             await self.reload_agent(res, agent_id)
 
+    async def region_domain_changed(self, res, region: Doc) -> None:
+        """A region's records move to its new domain, and its Kiwi agents reload: the old
+        domain's zone goes, the new one comes. Quiet: an agent that fails catches up when it
+        reconnects; the region's change stands."""
+        async with res.kind_lock(RECORD):
+            for record in await res.list(RECORD, region["_id"]):
+                if record.get("domain") != region.get("domain"):
+                    await res.set_fields(RECORD, record["_id"], {"domain": region.get("domain") or ""})
+        await self.reload_agents_quietly(res, await self.region_agents(res, region["_id"]))
+
     async def reload_agents_quietly(self, res, agent_ids: list[str]) -> None:
         for agent_id in self.calls.eligible(agent_ids, "Reload"):
             try:

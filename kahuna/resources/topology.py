@@ -1,11 +1,19 @@
 """Regions and their availability zones (upstream schema v2: collections `region`, `zone`)."""
 
-from kahuna.resources.kind import Access, Kind, Parent, base_fields, register
+from kahuna.resources.kind import Access, Hooks, Kind, Parent, base_fields, register
 from kahuna.resources.types import Field, Str
 
 # Every authenticated user may read regions and zones (upstream fixed this in 0.62.2): they need
 # them to choose where to create their resources.
 READ_ALL = Access(read="authenticated")
+
+
+async def _region_after_update(res, old, new, **_):
+    """A new domain: the region's DNS records follow it on its Kiwis (kahuna.orchestrator.dns)."""
+    dns = res.extras.get("dns")
+    if dns is not None and old.get("domain") != new.get("domain"):
+        await dns.region_domain_changed(res, new)
+
 
 REGION = register(Kind(
     name="region",
@@ -14,6 +22,7 @@ REGION = register(Kind(
         Field("domain", Str(max_len=253), required=True),
     ),
     access=READ_ALL,
+    hooks=Hooks(after_update=_region_after_update),
 ))
 
 ZONE = register(Kind(

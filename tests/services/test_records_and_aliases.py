@@ -177,3 +177,18 @@ def test_koala_paths_are_aliases(admin, kahuna, world):
     for method in ("POST", "PUT"):
         status, _ = http(kahuna, method, "/resetPassword", {"email": "nobody@acme.test"}, key=None)
         assert status == 200, method
+
+
+def test_a_new_region_domain_reaches_the_region_kiwis(admin, kahuna, world):
+    region = world["regions"][1]["id"]
+    b = world["sims"][1]
+    rec = kowabunga.RegionApi(admin).create_region_dns_record(region, kowabunga.DnsRecord(
+        name="api", addresses=["10.70.0.1"]))
+    assert zone_of(b, "r1.test") == {"api": ["10.70.0.1"]}
+    kowabunga.RegionApi(admin).update_region(region, kowabunga.RegionUpdate(domain="moved.test"))
+    wait_for(lambda: zone_of(b, "moved.test") == {"api": ["10.70.0.1"]}, "the region's new domain on its Kiwi")
+    assert "r1.test" not in b.state()["zones"]
+    assert kowabunga.RecordApi(admin).read_dns_record(rec.id).domain == "moved.test"
+    assert zone_of(world["sims"][0], "moved.test") == {}  # another region's Kiwi is not told
+    kowabunga.RecordApi(admin).delete_dns_record(rec.id)
+    assert zone_of(b, "moved.test") == {}
