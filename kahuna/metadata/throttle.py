@@ -27,6 +27,10 @@ class Buckets:
         self._clock = clock
         self._state: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
 
+    def __len__(self) -> int:
+        """How many keys are tracked (bounded by `max_keys`)."""
+        return len(self._state)
+
     def _level(self, key: str, now: float) -> float:
         tokens, at = self._state.get(key, (self.burst, now))
         return min(self.burst, tokens + (now - at) * self.rate)
