@@ -84,6 +84,18 @@ class Accounts:
 
 
 @dataclass(frozen=True)
+class Ha:
+    """global.ha: the active/passive pair (kahuna.ha). Only on a shared MongoDB store."""
+
+    enabled: bool = False
+    node_id: str = ""  # empty: the host name
+    lease_seconds: float = 6.0
+    renew_seconds: float = 1.0
+    # writes are refused once less than this is left of the lease (covers one write's deadline)
+    fence_margin_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
 class CloudInit:
     linux: Mapping[str, str] = field(default_factory=dict)
     windows: Mapping[str, str] = field(default_factory=dict)
@@ -113,6 +125,7 @@ class Config:
     cloudinit: CloudInit = CloudInit()
     # accept upstream's X-Kowabunga-Source-Ip identification (checked against the real source)
     metadata_legacy_headers: bool = True
+    ha: Ha = Ha()
     source: str = "(defaults)"
 
     def with_debug(self) -> "Config":
@@ -233,6 +246,7 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
     login = glob.section("login")
     cloud = root.section("cloudinit")
     metadata = glob.section("metadata")
+    ha = glob.section("ha")
 
     public_url = glob.string("publicUrl", d.public_url).rstrip("/")
     if not public_url.startswith(("http://", "https://")):
@@ -299,14 +313,35 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
         data_dir=Path(glob.string("dataDir", str(d.data_dir))),
         cloudinit=cloudinit,
         metadata_legacy_headers=metadata.boolean("legacyHeaders", d.metadata_legacy_headers),
+        ha=_ha(ha, db_uri),
         source=source,
     )
     if config.http.port and config.http.port == config.hub.port and config.http.address == config.hub.address:
         raise ConfigError("global.ws.port: the agent hub cannot share the HTTP port "
                           f"{config.http.port} (route /ws to it in the front proxy instead)")
-    unknown = [k for s in (root, glob, jwt, http, ws, db, cache, boot, smtp, passwords, accounts, login, cloud, metadata)
+    unknown = [k for s in (root, glob, jwt, http, ws, db, cache, boot, smtp, passwords, accounts, login, cloud, metadata, ha)
                for k in s.unknown()]
     return config, unknown
+
+
+def _ha(section: _Section, db_uri: str) -> Ha:
+    """Any global.ha key asks for a pair; the embedded store is one file on one machine and
+    cannot be shared by a twin, so that combination is refused rather than silently single."""
+    if not section.raw:
+        return Ha()
+    if not db_uri:
+        raise ConfigError("global.ha: an active/passive pair needs a shared MongoDB store "
+                          "(global.db.uri); the embedded store cannot be shared")
+    d = Ha()
+    lease = section.number("leaseSeconds", d.lease_seconds)
+    renew = section.number("renewSeconds", d.renew_seconds)
+    margin = section.number("fenceMarginSeconds", d.fence_margin_seconds)
+    if renew * 2 > lease:
+        raise ConfigError(f"global.ha.renewSeconds: {renew} must be at most half of leaseSeconds ({lease})")
+    if margin + renew >= lease:
+        raise ConfigError(f"global.ha.fenceMarginSeconds: {margin} + renewSeconds must be below leaseSeconds ({lease})")
+    return Ha(enabled=section.boolean("enabled", True), node_id=section.string("nodeId", ""),
+              lease_seconds=lease, renew_seconds=renew, fence_margin_seconds=margin)
 
 
 def _cloudinit_paths(section: _Section) -> dict[str, str]:

@@ -25,6 +25,7 @@ from kahuna.api.app import create_app
 from kahuna.api.authn import HeaderAuthenticator
 from kahuna.auth.mail import Outbox
 from kahuna.config import Config
+from kahuna.ha import wiring as ha
 from kahuna.hub.hub import Hub
 from kahuna.hub.settings import HubSettings
 from kahuna.logs import get_logger
@@ -117,6 +118,8 @@ def build_app(resources: Resources, secrets: Secrets, *, hub=None, agent_keys=No
 async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
               task_status=trio.TASK_STATUS_IGNORED) -> None:
     async with prepared_store(config) as store:
+        node = ha.build_node(config)  # single on the embedded store; else the lease decides
+        store = ha.fenced(store, node)  # every write of this process goes through the fence
         resources = Resources(store, config=config, secrets=secrets)
         credentials = StoredAgentCredentials(resources, secrets.server_secret)
         await credentials.load_all()
@@ -124,13 +127,14 @@ async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
         agent_keys = AgentKeys(resources, credentials, hub=hub, admin_email=config.admin_email,
                                mail_enabled=config.smtp.enabled)
         outbox = Outbox(config.smtp)  # mails queued by enqueue(); sent by a background task
-        resources.extras.update(hub=hub, agent_keys=agent_keys, outbox=outbox)
+        resources.extras.update(hub=hub, agent_keys=agent_keys, outbox=outbox, ha=node)
+        ha.attach(node, store=store, hub=hub, credentials=credentials)
         agent_hooks.install(hub, resources)
         app, _ = build_app(resources, secrets, hub=hub, agent_keys=agent_keys)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serve_http, app, config, shutdown)
             background = trio.CancelScope()  # the hub and the watchers: cancelled at shutdown
-            hub_addr = await nursery.start(_serve_background, background, hub, credentials, config,
+            hub_addr = await nursery.start(_serve_background, background, hub, node, credentials, config,
                                            partial(outbox.run, resources),
                                            partial(resources.extras["storage"].run, resources))
             http_addr = _parse_bind(binds[0])
@@ -150,17 +154,19 @@ async def _serve_http(app, config: Config, shutdown: trio.Event, *, task_status=
     await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
 
 
-async def _serve_background(scope: trio.CancelScope, hub: Hub, credentials: StoredAgentCredentials,
+async def _serve_background(scope: trio.CancelScope, hub: Hub, node, credentials: StoredAgentCredentials,
                             config: Config, outbox_run=None, pool_refresh=None, *,
                             task_status=trio.TASK_STATUS_IGNORED):
     with scope:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(hub.serve, config.hub.address, config.hub.port)
-            await nursery.start(credentials.watch)
+            # tasks that write run only while this node is active (always when single)
+            node.while_active(credentials.watch)
             if outbox_run is not None:
-                await nursery.start(outbox_run)
+                node.while_active(outbox_run)
             if pool_refresh is not None:  # storage pools' statistics, from their agents
-                await nursery.start(pool_refresh)
+                node.while_active(pool_refresh)
+            await nursery.start(node.run)
             task_status.started(address)
 
 

@@ -37,10 +37,25 @@ def create_app(resources: Resources, authenticate: Authenticator, *,
     _log_requests(app)
 
     async def healthz(principal):
+        node = resources.extras.get("ha")  # kahuna.ha: keepalived follows the active only
+        if node is not None and not node.serving():
+            return json_response({"status": "standby", **node.health()}, 503)
         ok = await resources.store.ping()
         body = {"status": "ok" if ok else "degraded", "store": "ok" if ok else "unreachable",
-                "version": kahuna.__version__}
+                "version": kahuna.__version__, **(node.health() if node is not None else {"role": "single"})}
         return json_response(body, 200 if ok else 503)
+
+    @app.before_request
+    async def standby():
+        """A passive node (kahuna.ha) answers every route but /healthz and /metrics with 503."""
+        node = resources.extras.get("ha")
+        if node is None or node.serving() or request.path in ("/healthz", "/metrics"):
+            return None
+        body = {"status": 503, "error": "Service Unavailable",
+                "reason": f"this Kahuna is on standby; the active node is {node.active_node or 'unknown'}"}
+        response = json_response(body, 503)
+        response.headers["Retry-After"] = "2"
+        return response
 
     # through the table like every route: the route-table test checks that none bypasses it
     table.add("/healthz", "GET", "public", healthz, name="healthz", prefix="")

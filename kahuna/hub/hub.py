@@ -132,6 +132,8 @@ class Hub:
         self._reserve_fd: int | None = None
         self._last_accept_log = 0.0
         self.address: tuple[str, int] | None = None
+        # admission hook (kahuna.ha): False refuses agents with 503 before the upgrade
+        self.admission: Callable[[], bool] | None = None
 
     # ================================================================= public API
 
@@ -434,6 +436,10 @@ class Hub:
                     nursery, stream, message_queue_size=settings.message_queue_size,
                     max_message_size=settings.max_message_size,
                     receive_buffer_size=settings.receive_buffer_size)
+                if self.admission is not None and not self.admission():
+                    stats.reject("standby")
+                    await request.reject(503, body=b"standby: this Kahuna is not the active node\n")
+                    return None
                 verdict = self.verifier.verify(request.path, request.headers)
                 if isinstance(verdict, Refusal):
                     stats.reject(verdict.reason)
