@@ -13,6 +13,10 @@ Auth defaults to HMAC (the key never crosses the wire); `auth="key"` sends upstr
 `X-WS-Kowabunga-Api-Key` header for hubs that only speak that. Reconnection uses jittered
 exponential backoff (0.5 s doubling to 30 s, each delay drawn in [d/2, d]), reset once a session
 has stayed up for a minute, so a fleet that lost its hub does not come back as one wave.
+A hub that goes silent (its VIP moved, a partition) is noticed by the agent's own pings within
+`ping_interval + pong_timeout`; the transport is then cut at once -- no close handshake with a
+peer that no longer answers -- and the agent dials the same address again, landing on whichever
+hub holds it now (tests/sim/test_failover.py).
 """
 
 from __future__ import annotations
