@@ -12,6 +12,7 @@ Every sim talks to the hub over a real WebSocket with the real SDK.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import threading
@@ -285,7 +286,9 @@ def _image(volume: Any) -> dict[str, Any]:
             "children": sorted(volume.children)}
 
 
+@functools.lru_cache(maxsize=256)
 def _iso_or_none(content: bytes | None) -> dict[str, str] | None:
+    """Parsed once per content: the state dump is rewritten after every call."""
     try:
         return read_iso(content) if content else None
     except SimError:

@@ -63,3 +63,20 @@ def test_kontroller_connect_hook_reloads_the_appliance(kahuna, host, metadata_se
     state = kon.wait_reloads(1)              # Kahuna's connect hook called Kontroller.Reload
     assert state["kind"] == "kawaii" and state["public_vips"] == ["192.0.2.10"]
     assert Profiles.seen[-1]["X-Kowabunga-Instance-Token"] == "tok-1"
+
+
+def test_kontroller_reads_its_iso_from_the_sim_kaktus(kahuna, host, metadata_server):
+    Profiles.profile, Profiles.seen = KAWAII, []
+    kaktus = create_agents(kahuna, "Kaktus")[0]
+    k = host.kaktus(kaktus["id"], kaktus["key"], hub_url(kahuna), pools={"ssd": 10 * GiB})
+    k.wait_connected()
+    appliance = create_agents(kahuna, "Kontroller")[0]
+    iso = build_cidata(appliance_files(appliance["id"], appliance["key"], hub_url(kahuna), metadata_server))
+    host.run(lambda: k.agent.dispatch("Kaktus.CreateIsoVolume", {
+        "Pool": "ssd", "Volume": "kw1-cloudinit", "Size": len(iso),
+        "Content": base64.b64encode(iso).decode()}))
+    kon = host.kontroller(k, "ssd", "kw1-cloudinit")
+    assert kon.agent_id == appliance["id"]
+    state = kon.wait_reloads(1)
+    assert state["vrrp_instances"] == {"7": ["192.0.2.10", "10.0.0.1"]}   # JSON keys
+    assert agent_status(kahuna, appliance["id"])["connected"]
