@@ -9,7 +9,8 @@ share):
     CreateNfsBackends{ID, Name, FS, Path, Access, Protocols, Clients, Backends, Port}
                                                                     undo: DeleteNfsBackends{ID}
 Update sends `UpdateNfsBackends` with the same parameters; delete `DeleteNfsBackends` then
-`DeleteFsSubVolume`. Agent errors are the request's errors (502/503/504, agent_calls): upstream
+`DeleteFsSubVolume`. After a step timed out, the undo waits one call timeout first (the agent
+may still carry it out late). Agent errors are the request's errors (502/503/504, agent_calls): upstream
 logged and ignored them, leaving shares without exports. The steps are plain (method, params,
 undo) triples so that the durable flow engine (kahuna.orchestrator.flows) can run them as is.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import trio
 
 from kahuna.logs import get_logger
-from kahuna.orchestrator.agent_calls import AgentCalls
+from kahuna.orchestrator.agent_calls import AgentCalls, AgentTimedOut
 from kahuna.resources.errors import ConflictError, DomainError, Invalid
 from kahuna.resources.semantic import Unprocessable
 
@@ -31,6 +32,7 @@ log = get_logger("kahuna.kylo")
 
 Doc = dict[str, Any]
 UNDO_TIMEOUT = 30.0
+MAX_LATE_GRACE = 30.0  # how long an undo waits after a timed-out step (at most one call timeout)
 EXPORT_IDS = range(100, 65001)  # upstream's export id range
 
 
@@ -95,12 +97,20 @@ class KyloEffects:
             # a timed-out create may still have happened on the agent: undo it too
             undo.append(("DeleteNfsBackends", export_params(share)))
             await self.calls.call_one(agents, "CreateNfsBackends", export_params(share), what)
-        except BaseException:
+        except BaseException as exc:
             with trio.CancelScope(shield=True):
+                if isinstance(exc, AgentTimedOut):
+                    # the agent may still carry the call out: let a late answer land first, or
+                    # the undo would run before it and the export would outlive its share
+                    await trio.sleep(self._late_grace())
                 await self._undo(agents, what, undo)
             raise
         log.info("kylo exported", name=share.name, export=share.export_id, clients=share.clients)
         return share
+
+    def _late_grace(self) -> float:
+        settings = getattr(self.calls.hub, "settings", None)
+        return min(float(getattr(settings, "call_timeout", 0.0) or 0.0), MAX_LATE_GRACE)
 
     async def update(self, res, nfs: Doc, share: Share) -> None:
         agents, what = await self._pool_agents(res, nfs)

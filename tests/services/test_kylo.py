@@ -10,7 +10,7 @@ from kowabunga.exceptions import ApiException, NotFoundException
 
 from tests.conftest import make_client
 from tests.identity.helpers import create_confirmed_user, login
-from tests.infra.helpers import create_agents, http, region_and_zone, stored, unique
+from tests.infra.helpers import CALL_TIMEOUT, create_agents, http, region_and_zone, stored, unique, wait_for
 from tests.services.helpers import give_private_subnet
 
 
@@ -121,6 +121,18 @@ def test_agent_failures_are_reported_and_undone(admin, kahuna, world, sims):
     assert kowabunga.KyloApi(admin).list_kylos() == []
     failing.stop()
     failing.wait_disconnected()
+    # the export does not answer in time: 504, and both the export and the subvolume are undone
+    slow = sims.kaktus(kahuna, kaktus.agent, sim={"fileSystems": ["nfs"]},
+                       delay={"CreateNfsBackends": CALL_TIMEOUT + 1}).wait_connected()
+    got, answer = http(kahuna, "POST", path, {"name": "late"})
+    assert got == 504, answer
+    wait_for(lambda: "DeleteFsSubVolume:ok" in slow.state().get("done", []), "the undo of a timed-out export")
+    state = slow.state()
+    assert "late" not in state["filesystems"]["nfs"] and "DeleteNfsBackends" in state["calls"]
+    assert state["exports"] == {}  # the late export landed before the undo removed it
+    assert kowabunga.KyloApi(admin).list_kylos() == []
+    slow.stop()
+    slow.wait_disconnected()
     world["kaktus"] = sims.kaktus(kahuna, kaktus.agent, sim={"fileSystems": ["other"]}).wait_connected()
     # the NFS storage's file system is not served by the cluster: 422, nothing made
     got, answer = http(kahuna, "POST", path, {"name": "nofs"})
