@@ -133,7 +133,10 @@ async def create_project_record(res, project: Doc, payload: Any) -> Doc:
             await dns.record_created(res, doc)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await res.store.delete(RECORD.collection, doc["_id"])
+                try:
+                    await res.store.delete(RECORD.collection, doc["_id"])
+                except store_errors.StoreError:  # the push's error is the answer
+                    pass
             raise
     return doc
 

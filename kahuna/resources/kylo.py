@@ -20,7 +20,8 @@ from typing import Any
 import trio
 
 from kahuna.orchestrator.kylo import KyloEffects, Share, new_export_id
-from kahuna.resources.errors import ConflictError, Invalid, NotFoundError, Unavailable
+from kahuna.logs import get_logger
+from kahuna.resources.errors import ConflictError, DomainError, Invalid, NotFoundError, Unavailable
 from kahuna.resources.kind import Access, Hooks, Kind, Parent, register, set_doc_value
 from kahuna.resources.semantic import Unprocessable
 from kahuna.resources.service import utcnow
@@ -30,6 +31,7 @@ from kahuna.store import errors as store_errors
 from kahuna.store.base import new_id
 
 Doc = dict[str, Any]
+log = get_logger("kahuna.kylo")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -119,7 +121,10 @@ async def create_kylo(res, project: Doc, region_id: str, nfs_id: str | None, pay
             await res.store.insert(KYLO.collection, doc)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await effects.delete(res, nfs, share)
+                try:
+                    await effects.delete(res, nfs, share)
+                except DomainError as undo_exc:  # the original error is the answer
+                    log.error("kylo undo failed: left on the agent", name=share.name, error=undo_exc.reason)
             if isinstance(exc, store_errors.Conflict):
                 raise ConflictError(f"a Kylo named {doc['name']} already exists") from None
             if isinstance(exc, store_errors.Unavailable):
