@@ -23,13 +23,14 @@ from kahuna.api import metadata as metadata_api
 from kahuna.api import services as services_api
 from kahuna.api.app import create_app
 from kahuna.api.authn import HeaderAuthenticator
+from kahuna.api.guard import guard
 from kahuna.auth.mail import Outbox
 from kahuna.config import Config
 from kahuna.ha import wiring as ha
 from kahuna.hub.hub import Hub
 from kahuna.hub.settings import HubSettings
 from kahuna.logs import get_logger
-from kahuna.orchestrator import agent_hooks
+from kahuna.orchestrator import agent_hooks, flows
 from kahuna.orchestrator.agent_credentials import StoredAgentCredentials
 from kahuna.orchestrator.agent_keys import AgentKeys
 from kahuna.resources import catalog
@@ -65,7 +66,11 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.bind = [f"{config.http.address}:{config.http.port}"]
     hc.backlog = 2048  # reconnect storms after a failover
     hc.graceful_timeout = GRACEFUL_SECONDS
-    hc.keep_alive_timeout = 60
+    # an idle keep-alive connection, or a request whose next bytes do not come, is closed after
+    # 30 s (read_timeout applies to every read, idle or not, so it must not undercut keep-alive)
+    hc.keep_alive_timeout = 30
+    hc.read_timeout = 30
+    hc.h11_max_incomplete_size = 16 * 1024  # request line + headers
     hc.accesslog = None
     hc.errorlog = None  # our own log lines say what matters
     hc.include_server_header = False
@@ -97,6 +102,7 @@ def hub_settings(config: Config) -> HubSettings:
         call_timeout=config.hub.call_timeout,
         max_message_size=config.hub.max_message_size,
         clock_skew=config.hub.clock_skew,
+        trusted_proxies=frozenset(config.trusted_proxies),  # Caddy in front: the agent's real address
         backlog=4096,  # a reconnect storm after a failover
     )
 
@@ -130,6 +136,7 @@ async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
         resources.extras.update(hub=hub, agent_keys=agent_keys, outbox=outbox, ha=node)
         ha.attach(node, store=store, hub=hub, credentials=credentials)
         agent_hooks.install(hub, resources)
+        node.while_active(partial(flows.recover_loop, resources))  # flows a dead process left
         app, _ = build_app(resources, secrets, hub=hub, agent_keys=agent_keys)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serve_http, app, config, shutdown)
@@ -151,7 +158,7 @@ async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
 
 
 async def _serve_http(app, config: Config, shutdown: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED):
-    await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
+    await hypercorn_serve(guard(app), hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
 
 
 async def _serve_background(scope: trio.CancelScope, hub: Hub, node, credentials: StoredAgentCredentials,

@@ -78,6 +78,13 @@ class _SpentHandshake:
 _SPENT = _SpentHandshake()
 
 
+def _agent_id_header(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name.lower() == b"x-ws-kowabunga-id":
+            return value.decode("latin-1").strip()
+    return ""
+
+
 def _release_handshake(ws: Any) -> None:
     """Private attributes of trio-websocket 0.12 / wsproto 1.3 (both pinned): if their layout
     changes this does nothing, and tests/hub/test_session.py notices."""
@@ -440,6 +447,9 @@ class Hub:
                     stats.reject("standby")
                     await request.reject(503, body=b"standby: this Kahuna is not the active node\n")
                     return None
+                prepare = getattr(self.credentials, "prepare", None)  # a miss may read the store
+                if prepare is not None:
+                    await prepare(_agent_id_header(request.headers))
                 verdict = self.verifier.verify(request.path, request.headers)
                 if isinstance(verdict, Refusal):
                     stats.reject(verdict.reason)

@@ -6,11 +6,16 @@ agents must cost no database round trip. So every agent key is unsealed once int
 - on every change made through this process (`refresh(agent_id)`, called by the agent routes
   after creation, key rotation and deletion);
 - when another process changed them (the admin CLI writes keys while the daemon runs): writers
-  bump a marker document, and `watch` reloads everything when the marker moves.
+  bump a marker document, and `watch` reloads everything when the marker moves (every second);
+- on a miss (`prepare`, awaited by the hub before it verifies a handshake): an agent the CLI
+  created a moment ago is read from the store at once. Misses are rate-limited (a token bucket
+  plus a short memory of ids just found absent), so a flood of unknown ids cannot turn into a
+  flood of reads.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 import trio
@@ -26,6 +31,9 @@ log = get_logger("kahuna.agents")
 
 STATE_COLLECTION = "kahuna_state"
 MARKER_ID = "000000000000000000000a9e"  # fixed id of the "agent credentials changed" marker
+MISS_RATE, MISS_BURST = 10.0, 20  # store reads per second for unknown agent ids
+MISS_MEMORY_SECONDS = 1.0  # an id just found absent is not read again before this
+MISS_READ_SECONDS = 2.0
 
 
 class StoredAgentCredentials(InMemoryCredentials):
@@ -34,6 +42,36 @@ class StoredAgentCredentials(InMemoryCredentials):
         self.resources = resources
         self.server_secret = server_secret
         self._marker: str | None = None
+        self._miss_tokens = float(MISS_BURST)
+        self._miss_at = time.monotonic()
+        self._absent: dict[str, float] = {}  # agent id -> when a miss read found nothing
+
+    async def prepare(self, agent_id: str) -> None:
+        """Before a handshake is verified: on a miss, read this one agent from the store."""
+        if not agent_id or self.lookup(agent_id) is not None or len(agent_id) > 64:
+            return
+        now = time.monotonic()
+        if now - self._absent.get(agent_id, -MISS_MEMORY_SECONDS) < MISS_MEMORY_SECONDS:
+            return
+        self._miss_tokens = min(MISS_BURST, self._miss_tokens + (now - self._miss_at) * MISS_RATE)
+        self._miss_at = now
+        if self._miss_tokens < 1:
+            return
+        self._miss_tokens -= 1
+        try:
+            with trio.move_on_after(MISS_READ_SECONDS):
+                agents = await self.resources.store.find("agent", {"_id": agent_id})
+                token = await apikeys.token_of(self.resources, "agent", agent_id) if agents else None
+                cred = self._credential(agents[0], token) if token else None
+                if cred:
+                    self.put(cred)
+                    return
+        except Exception as exc:  # the store may be away: the handshake is refused as before
+            log.warning("agent credential miss read failed", error=str(exc)[:200])
+            return
+        if len(self._absent) > 10_000:
+            self._absent.clear()
+        self._absent[agent_id] = now
 
     def _credential(self, agent: dict, token: dict) -> AgentCredential | None:
         try:
@@ -88,7 +126,7 @@ class StoredAgentCredentials(InMemoryCredentials):
         docs = await self.resources.store.find(STATE_COLLECTION, {"_id": MARKER_ID})
         return docs[0].get("agent_credentials") if docs else None
 
-    async def watch(self, interval: float = 2.0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def watch(self, interval: float = 1.0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Reload when another process moved the marker; one indexed read per interval."""
         task_status.started()
         while True:
