@@ -205,15 +205,15 @@ def _merged(domains: list[dict]) -> list[dict]:
 
 
 async def _instance_records(res, project_id: str) -> list[dict]:
-    """A records of the project's instances (name -> private addresses), when the instance kind
-    exists (compute): documents with `project_id`, `name` and `dns_addresses` or `addresses`."""
+    """A records of the project's instances (name -> private address, upstream's instance
+    records), when the instance kind exists (compute): `project_id`, `name`, `local_ip`."""
     try:
         docs = await res.list("instance", project_id=project_id)
     except (KeyError, DomainError):
         return []
     out = []
     for doc in docs:
-        addresses = list(doc.get("dns_addresses") or doc.get("addresses") or [])
+        addresses = [doc["local_ip"]] if doc.get("local_ip") else []
         if doc.get("name") and addresses:
             out.append({"Name": doc["name"], "Type": "A", "Addresses": addresses})
     return out
