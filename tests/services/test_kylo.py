@@ -29,8 +29,9 @@ def world(admin, kahuna, smtp_sink, sims):
         name=unique("subnet"), cidr="10.42.0.0/26", gateway="10.42.0.1"))
     member, password = create_confirmed_user(kahuna, admin, smtp_sink, role="projectAdmin")
     outsider, other_password = create_confirmed_user(kahuna, admin, smtp_sink, role="projectAdmin")
+    reader, reader_password = create_confirmed_user(kahuna, admin, smtp_sink, role="user")
     teams = kowabunga.TeamApi(admin)
-    team = teams.create_team(kowabunga.Team(name=unique("team"), users=[member.id]))
+    team = teams.create_team(kowabunga.Team(name=unique("team"), users=[member.id, reader.id]))
     other_team = teams.create_team(kowabunga.Team(name=unique("team"), users=[outsider.id]))
     projects = kowabunga.ProjectApi(admin)
     project = projects.create_project(kowabunga.Project(name=unique("project"), teams=[team.id], regions=[region]))
@@ -38,6 +39,7 @@ def world(admin, kahuna, smtp_sink, sims):
     give_private_subnet(kahuna, project.id, region, subnet.id)
     return {"region": region, "kaktus": kaktus, "pool": pool.id, "nfs": nfs.id, "project": project.id,
             "bare": bare.id, "member": login(kahuna, member.email, password),
+            "reader": login(kahuna, reader.email, reader_password),
             "outsider": login(kahuna, outsider.email, other_password)}
 
 
@@ -153,5 +155,13 @@ def test_another_project_sees_none_of_it(admin, kahuna, world, sims):
         got, answer = http(kahuna, method, path, body, key=None, token=world["outsider"])
         assert got == 404, (method, path, answer)
     assert http(kahuna, "GET", "/kylo", key=None, token=world["outsider"]) == (200, [])
+    # a plain user of the project reads, and may not write (403)
+    assert http(kahuna, "GET", f"/kylo/{share.id}", key=None, token=world["reader"])[0] == 200
+    for method, path, body in (("PUT", f"/kylo/{share.id}", {"description": "x"}), ("DELETE", f"/kylo/{share.id}", None),
+                               ("POST", f"/project/{world['project']}/region/{world['region']}/kylo", {"name": "y"}),
+                               ("POST", f"/project/{world['project']}/record", {"name": "y", "addresses": ["10.0.0.1"]})):
+        got, answer = http(kahuna, method, path, body, key=None, token=world["reader"])
+        assert got == 403, (method, path, answer)
+    assert http(kahuna, "GET", f"/project/{world['project']}/records", key=None, token=world["reader"]) == (200, [])
     assert http(kahuna, "GET", "/kylo", key=None, token=world["member"]) == (200, [share.id])
     kowabunga.KyloApi(admin).delete_kylo(share.id)
