@@ -73,6 +73,11 @@ class Kind:
     # deleting it moves the default to the oldest remaining sibling; `Resources.set_default`
     # moves it (one field of one document: one default per parent, moved atomically).
     default_in: str = ""
+    # tenant kinds (volume, instance, kompute...): the project owning the document and where it
+    # lives (one of `locations`, e.g. zone or region). Both links are indexed; names are unique
+    # within the owner; routes are /project/{projectId}/<location>/{locationId}/<kind> (generic).
+    owner: Parent | None = None
+    locations: tuple[Parent, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "collection", self.collection or self.name)
@@ -86,13 +91,16 @@ class Kind:
 
     def indexes(self) -> list[Index]:
         """Index names start with the collection: SQLite's index names are database-wide."""
-        scope = (self.parent.field,) if self.parent else ()
+        scope = (self.parent.field,) if self.parent else (self.owner.field,) if self.owner else ()
         out = []
         if self.unique:
             keys = scope + self.unique
             out.append(Index(f"{self.collection}_uniq_{'_'.join(keys)}", keys, unique=True))
         if self.parent:
             out.append(Index(f"{self.collection}_by_{self.parent.field}", (self.parent.field,)))
+        links = ([self.owner] if self.owner else []) + list(self.locations)
+        out.extend(Index(f"{self.collection}_by_{link.field}", (link.field,)) for link in links
+                   if link.field not in self.indexed)
         out.extend(Index(f"{self.collection}_by_{key}", (key,)) for key in self.indexed)
         out.extend(Index(f"{self.collection}_by_{ref.field}", (ref.field,)) for ref in self.references
                    if ref.field not in self.indexed)
@@ -128,6 +136,17 @@ def all_kinds() -> list[Kind]:
 
 def children_of(kind: Kind) -> list[Kind]:
     return [k for k in _REGISTRY.values() if k.parent and k.parent.kind == kind.name]
+
+
+def dependents_of(kind: Kind) -> list[tuple[Kind, str]]:
+    """(kind, field) of every kind owned by, or located in, `kind` (a project's volumes, a
+    zone's instances): such a document cannot be deleted while they exist (409)."""
+    out = []
+    for k in _REGISTRY.values():
+        for link in ([k.owner] if k.owner else []) + list(k.locations):
+            if link.kind == kind.name:
+                out.append((k, link.field))
+    return out
 
 
 def referrers_of(kind: Kind) -> list[tuple[Kind, str]]:

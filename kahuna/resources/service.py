@@ -22,7 +22,8 @@ import trio
 
 from kahuna.logs import get_logger
 from kahuna.resources.errors import ConflictError, Invalid, NotFoundError, Unavailable
-from kahuna.resources.kind import Kind, children_of, doc_value, get_kind, referrers_of, set_doc_value
+from kahuna.resources.kind import (Kind, children_of, dependents_of, doc_value, get_kind, referrers_of,
+                                   set_doc_value)
 from kahuna.resources.types import check_object
 from kahuna.store import errors as store_errors
 from kahuna.store.base import Document, Store, is_valid_id, new_id
@@ -102,8 +103,13 @@ class Resources:
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def create(self, kind: Kind | str, payload: Any, parent_id: str | None = None, **extra: Any) -> Document:
-        """Validate `payload` (a decoded JSON body) and store a new document of `kind`."""
+    async def create(self, kind: Kind | str, payload: Any, parent_id: str | None = None, *,
+                     owner_id: str | None = None, location: tuple[str, str] | None = None,
+                     **extra: Any) -> Document:
+        """Validate `payload` (a decoded JSON body) and store a new document of `kind`.
+
+        A tenant kind (`Kind.owner`) takes its owner's id and its `location` as (field, id),
+        e.g. ("zone_id", z): both must exist; the owner's lock excludes its deletion meanwhile."""
         kind = _kind(kind)
         values = check_object(kind.fields, _object(payload), "", partial=False)
         now = utcnow()
@@ -111,7 +117,18 @@ class Resources:
                          "created_at": now, "updated_at": now}
         for name, value in values.items():
             set_doc_value(doc, kind.field_map[name].doc_key, value)
+        if kind.owner:
+            parent_id = owner_id
         async with self._parent_lock(kind, parent_id):
+            if kind.owner:
+                await self.get(kind.owner.kind, owner_id)
+                doc[kind.owner.field] = owner_id
+                if location is not None:
+                    link = next((l for l in kind.locations if l.field == location[0]), None)
+                    if link is None:
+                        raise Invalid(f"a {kind.label} cannot live in a {location[0][:-3]}")
+                    await self.get(link.kind, location[1])
+                    doc[link.field] = location[1]
             if kind.parent:
                 await self.get(kind.parent.kind, parent_id)
                 doc[kind.parent.field] = parent_id
@@ -119,11 +136,16 @@ class Resources:
                 if kind.hooks.before_create:
                     await kind.hooks.before_create(self, doc, **extra)
                 await self._insert(kind, doc)
-                if kind.hooks.after_create:
+                if kind.hooks.after_create and not kind.owner:
                     await self._undo_on_failure(kind.hooks.after_create(self, doc, **extra),
                                                 self.store.delete, kind.collection, doc["_id"])
             if kind.default_in and kind.parent:
                 await self._default_if_none(kind, parent_id, doc["_id"])
+        if kind.hooks.after_create and kind.owner:
+            # tenant kinds: the owner's lock is not held across agent calls (parallel creates in a
+            # project); the inserted document already keeps the owner from being deleted (409)
+            await self._undo_on_failure(kind.hooks.after_create(self, doc, **extra),
+                                        self.store.delete, kind.collection, doc["_id"])
         log.info("created", kind=kind.name, id=doc["_id"], name=doc.get("name"))
         return doc
 
@@ -172,7 +194,7 @@ class Resources:
                 n = await self.count(child, **{child.parent.field: doc_id})
                 if n:
                     left.append(_count_of(n, child.label))
-            for referrer, ref_field in referrers_of(kind):
+            for referrer, ref_field in referrers_of(kind) + dependents_of(kind):
                 n = await self.count(referrer, **{ref_field: doc_id})
                 if n:
                     users.append(_count_of(n, referrer.label))
@@ -248,9 +270,10 @@ class Resources:
 
     def _parent_lock(self, kind: Kind, parent_id: str | None):
         """Creating a child and deleting its parent exclude each other (same lock key)."""
-        if kind.parent is None:
+        link = kind.parent or kind.owner
+        if link is None:
             return nullcontext()
-        return self.locks.hold((kind.parent.kind, parent_id))
+        return self.locks.hold((link.kind, parent_id))
 
     async def _insert(self, kind: Kind, doc: Document) -> None:
         try:

@@ -1,0 +1,73 @@
+"""Project quotas and usage: check-and-reserve, concurrency-safe, and the matching release.
+
+Why a per-project lock around the check *and* the write (and nothing else, never an agent call):
+two parallel creates must not both see the same free room. The counters live on the project
+document (`usage {vcpus, memory, storage, instances}`, bytes for memory/storage); a quota of 0
+is unlimited (upstream). A refusal is a 507 naming the dimension, the limit and the usage.
+Only positive requests are checked; a release never takes a counter below 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kahuna.logs import get_logger
+from kahuna.orchestrator.flows import register_undo
+from kahuna.resources.errors import InsufficientResources
+
+log = get_logger("kahuna.quota")
+
+DIMENSIONS = ("vcpus", "memory", "storage", "instances")
+
+
+class QuotaExceeded(InsufficientResources):
+    def __init__(self, dimension: str, limit: int, usage: int, requested: int):
+        super().__init__(f"quota exceeded: {dimension} would be {usage + requested} "
+                         f"(usage {usage} + {requested}), limit {limit}")
+        self.dimension, self.limit, self.usage = dimension, limit, usage
+
+
+def _lock(res, project_id: str):
+    return res.locks.hold(("quota", project_id))
+
+
+def _usage(project: dict) -> dict[str, int]:
+    usage = project.get("usage") or {}
+    return {k: int(usage.get(k, 0) or 0) for k in DIMENSIONS}
+
+
+async def reserve(res, project_id: str, **delta: int) -> dict[str, int]:
+    """Add `delta` to the project's usage if every positive part fits its quota; else 507."""
+    async with _lock(res, project_id):
+        project = await res.get("project", project_id)
+        usage = _usage(project)
+        quotas = project.get("quotas") or {}
+        for dim, amount in delta.items():
+            limit = int(quotas.get(dim, 0) or 0)
+            if amount > 0 and limit > 0 and usage[dim] + amount > limit:
+                raise QuotaExceeded(dim, limit, usage[dim], amount)
+        for dim, amount in delta.items():
+            usage[dim] = max(0, usage[dim] + amount)
+        await res.set_fields("project", project_id, {"usage": usage})
+        return usage
+
+
+async def release(res, project_id: str, **delta: int) -> None:
+    """Give back what `reserve` took (a project already gone has nothing to give back)."""
+    from kahuna.resources.errors import NotFoundError
+    async with _lock(res, project_id):
+        try:
+            project = await res.get("project", project_id)
+        except NotFoundError:
+            return
+        usage = _usage(project)
+        for dim, amount in delta.items():
+            usage[dim] = max(0, usage[dim] - amount)
+        await res.set_fields("project", project_id, {"usage": usage})
+
+
+async def _undo_reserve(res, data: dict) -> None:
+    await release(res, data["project_id"], **data.get("delta", {}))
+
+
+register_undo("project.usage", _undo_reserve)

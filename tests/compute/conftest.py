@@ -1,0 +1,70 @@
+"""Fixtures of the compute tests: one real Kahuna per module (mail to a sink so that users can be
+confirmed, a short agent call timeout, no document cache: tests read the store next to it) and the
+in-process simulated Kaktus agents of agent.sim.harness, over the real hub."""
+
+from __future__ import annotations
+
+import kowabunga
+import pytest
+
+from agent.sim.harness import SimHost
+from agent.sim.model import GiB
+from tests.conftest import make_client
+from tests.identity.helpers import create_confirmed_user, identity_config, login
+from tests.infra.helpers import CALL_TIMEOUT, agent_status, create_agents, region_and_zone, unique, wait_for
+from tests.kahuna_proc import Kahuna
+
+SOURCE = "https://images.test/noble.qcow2"
+
+
+@pytest.fixture(scope="module")
+def kahuna(tmp_path_factory, smtp_sink):
+    work = tmp_path_factory.mktemp("compute")
+    config = identity_config(work, smtp_sink, ws={"callTimeout": CALL_TIMEOUT}, cache={"enabled": False})
+    with Kahuna(work, config) as k:
+        k.config_path = config
+        yield k
+
+
+@pytest.fixture(scope="module")
+def admin(kahuna):
+    with make_client(kahuna) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def host():
+    with SimHost() as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def world(admin, kahuna, smtp_sink, host):
+    """A region with a zone, one sim Kaktus holding pool `ssd`, a template, and two projects:
+    `project` (team of `member`) and `other` (team of `outsider`)."""
+    regions = kowabunga.RegionApi(admin)
+    region, zone = region_and_zone(admin)
+    agent = create_agents(kahuna, "Kaktus")[0]
+    kaktus = host.kaktus(agent["id"], agent["key"], f"ws://127.0.0.1:{kahuna.hub_port}/ws",
+                         pools={"ssd": 100 * GiB}, libvirt_address="10.0.0.11")
+    kaktus.wait_connected()
+    wait_for(lambda: agent_status(kahuna, agent["id"])["connected"], "Kahuna to see the sim")
+    pool = regions.create_region_storage_pool(region, kowabunga.StoragePool(
+        name=unique("pool"), pool="ssd", agents=[agent["id"]]))
+    template = kowabunga.PoolApi(admin).create_storage_pool_template(
+        pool.id, kowabunga.Template(name="noble", source=SOURCE))
+    member, password = create_confirmed_user(kahuna, admin, smtp_sink, role="projectAdmin")
+    outsider, other_password = create_confirmed_user(kahuna, admin, smtp_sink, role="projectAdmin")
+    teams = kowabunga.TeamApi(admin)
+    team = teams.create_team(kowabunga.Team(name=unique("team"), users=[member.id]))
+    other_team = teams.create_team(kowabunga.Team(name=unique("team"), users=[outsider.id]))
+    projects = kowabunga.ProjectApi(admin)
+    project = projects.create_project(kowabunga.Project(
+        name=unique("project"), teams=[team.id], regions=[region],
+        quotas=kowabunga.ProjectResources(storage=40 * GiB)))
+    other = projects.create_project(kowabunga.Project(name=unique("project"), teams=[other_team.id],
+                                                      regions=[region]))
+    return {"region": region, "zone": zone, "kaktus": kaktus, "pool": pool.id, "template": template.id,
+            "project": project.id, "other": other.id,
+            "member": login(kahuna, member.email, password),
+            "outsider": login(kahuna, outsider.email, other_password)}
