@@ -20,6 +20,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from kahuna.api import agents as agents_api
 from kahuna.api import infra as infra_api
 from kahuna.api import metadata as metadata_api
+from kahuna.api import metrics as metrics_api
 from kahuna.api import services as services_api
 from kahuna.api.app import create_app
 from kahuna.api.authn import HeaderAuthenticator
@@ -118,6 +119,7 @@ def build_app(resources: Resources, secrets: Secrets, *, hub=None, agent_keys=No
         partial(infra_api.install, resources=resources),
         partial(metadata_api.install, resources=resources, server_secret=secrets.server_secret),
         partial(services_api.install, resources=resources),
+        partial(metrics_api.install, resources=resources),
     ])
 
 

@@ -177,3 +177,15 @@ def test_ha_on_the_embedded_store_is_refused(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "global.ha" in proc.stderr and "embedded" in proc.stderr
+
+
+def test_metrics_count_role_changes(pair):
+    a, b = pair
+    for k in (a, b):
+        if k.proc.poll() is not None:  # killed by the takeover test
+            continue
+        with urllib.request.urlopen(k.url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert resp.status == 200
+        assert 'kahuna_ha_role_changes_total{role="active"}' in text
+        assert "kahuna_ha_epoch" in text
