@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import trio
 from quart import Response, g, request
 
+from kahuna.api import jsondecode
 from kahuna.auth import policy
 from kahuna.auth.principal import Principal
 from kahuna.resources.errors import Invalid
@@ -142,10 +143,7 @@ async def json_body() -> Any:
     raw = await request.get_data(cache=False)
     if not raw.strip():
         raise Invalid("request body must be a JSON object")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Invalid(f"malformed JSON: {exc}") from None
+    return jsondecode.decode(raw)
 
 
 def query_bool(name: str, default: bool = False) -> bool:

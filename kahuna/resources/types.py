@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import abc
 import ipaddress
+import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kahuna.resources.errors import Invalid, Missing
 
 MISSING: Any = object()
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Type(abc.ABC):
@@ -38,6 +49,8 @@ class Str(Type):
     def check(self, value, path):
         if not isinstance(value, str):
             raise Invalid(f"{path}: expected a string")
+        if "\x00" in value or not _utf8(value):  # SQLite/BSON cannot hold them
+            raise Invalid(f"{path}: must not contain NUL characters or lone surrogates")
         if not self.min_len <= len(value) <= self.max_len:
             raise Invalid(f"{path}: length must be between {self.min_len} and {self.max_len}")
         return value
@@ -48,12 +61,15 @@ class Str(Type):
 
 @dataclass(frozen=True)
 class Name(Str):
-    """A resource name: non-empty, printable, no surrounding blanks."""
+    """A resource name: non-empty, printable, no surrounding blanks; stored in NFC so that
+    visually identical names (NFC "café", NFD "cafe\u0301") are one name for uniqueness."""
 
     min_len: int = 1
     max_len: int = 255
 
     def check(self, value, path):
+        if isinstance(value, str) and _utf8(value):
+            value = unicodedata.normalize("NFC", value)
         value = super().check(value, path)
         if value != value.strip() or not value.isprintable():
             raise Invalid(f"{path}: must be printable with no leading or trailing blanks")
@@ -69,6 +85,8 @@ class Int(Type):
     def check(self, value, path):
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"{path}: expected an integer")
+        if not INT64_MIN <= value <= INT64_MAX:  # what both stores hold
+            raise Invalid(f"{path}: out of the 64-bit integer range")
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise Invalid(f"{path}: must be between {self.low} and {self.high}")
         return value
@@ -85,9 +103,15 @@ class Float(Type):
     def check(self, value, path):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Invalid(f"{path}: expected a number")
-        if self.low is not None and value < self.low:
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise Invalid(f"{path}: must be a finite number")
+        if self.low is not None and number < self.low:
             raise Invalid(f"{path}: must be at least {self.low}")
-        return float(value)
+        return number
 
     def default_empty(self):
         return 0.0
