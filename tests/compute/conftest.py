@@ -64,7 +64,7 @@ def world(admin, kahuna, smtp_sink, host):
         quotas=kowabunga.ProjectResources(storage=40 * GiB)))
     other = projects.create_project(kowabunga.Project(name=unique("project"), teams=[other_team.id],
                                                       regions=[region]))
-    return {"region": region, "zone": zone, "kaktus": kaktus, "pool": pool.id, "template": template.id,
+    return {"host": host, "region": region, "zone": zone, "kaktus": kaktus, "pool": pool.id, "template": template.id,
             "project": project.id, "other": other.id,
             "member": login(kahuna, member.email, password),
             "outsider": login(kahuna, outsider.email, other_password)}
