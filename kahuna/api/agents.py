@@ -8,7 +8,8 @@ from quart import request
 from kahuna.api.routes import RouteTable, json_response, query_bool
 from kahuna.auth import apikeys
 from kahuna.orchestrator.agent_keys import AgentKeys
-from kahuna.resources.service import Resources, to_api
+from kahuna.resources.service import Resources
+from kahuna.resources.views import present
 
 OFFLINE = {"connected": False, "version": None, "methods": [], "connected_since": None,
            "last_seen": None, "remote_address": None}
@@ -19,7 +20,7 @@ def install(table: RouteTable, resources: Resources, keys: AgentKeys, hub) -> No
         expire = query_bool("expire")
         expiration = apikeys.parse_expiration(expire, request.args.get("expirationDate"))
         token, _key = await keys.issue(agentId, expire=expire, expiration_date=expiration)
-        return json_response(to_api("token", token))
+        return json_response(present("token", token))
 
     async def status(principal, agentId):
         await resources.get("agent", agentId)

@@ -23,7 +23,7 @@ from quart import Response, g, request
 from kahuna.api import jsondecode
 from kahuna.auth import policy
 from kahuna.auth.principal import Principal
-from kahuna.resources.errors import Invalid
+from kahuna.resources.errors import DomainError, Invalid
 from kahuna.resources.kind import all_kinds
 
 API_PREFIX = "/api/v1"
@@ -140,10 +140,25 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 async def json_body() -> Any:
     """The decoded JSON body; 400 with a reason when it is absent or malformed."""
+    ctype = request.headers.get("Content-Type")
+    if ctype is not None and not _is_json(ctype):
+        await _drain_body()
+        raise UnsupportedMediaType(f"request body must be application/json, not {ctype[:80]}")
     raw = await request.get_data(cache=False)
     if not raw.strip():
         raise Invalid("request body must be a JSON object")
     return jsondecode.decode(raw)
+
+
+class UnsupportedMediaType(DomainError):
+    status, error = 415, "Unsupported Media Type"
+
+
+def _is_json(ctype: str) -> bool:
+    """application/json with any parameters (the official client adds none; others add
+    charset), or a +json suffix type. A body without Content-Type is still read as JSON."""
+    media = ctype.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def query_bool(name: str, default: bool = False) -> bool:

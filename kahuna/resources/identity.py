@@ -617,6 +617,17 @@ TOKEN = register(Kind(
 ))
 
 
+def _token_view(doc: Doc, out: Doc) -> Doc:
+    """0.58's ApiToken.expiration_date is a date string: absent, not null, when the key never
+    expires."""
+    if not out.get("expiration_date"):
+        out.pop("expiration_date", None)
+    return out
+
+
+register_view("token", _token_view)
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)

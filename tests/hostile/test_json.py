@@ -25,7 +25,7 @@ BAD = {
 
 def call(kahuna, method, path, body=None, *, key=MASTER_KEY, ctype="application/json"):
     conn = http.client.HTTPConnection("127.0.0.1", kahuna.http_port, timeout=10)
-    headers = {"Content-Type": ctype} if body is not None else {}
+    headers = {"Content-Type": ctype} if body is not None and ctype else {}
     if key:
         headers["X-API-Key"] = key
     conn.request(method, "/api/v1" + path, body=body, headers=headers)
