@@ -49,6 +49,10 @@ def world(admin, kahuna, smtp_sink, host):
                          pools={"ssd": 100 * GiB}, libvirt_address="10.0.0.11")
     kaktus.wait_connected()
     wait_for(lambda: agent_status(kahuna, agent["id"])["connected"], "Kahuna to see the sim")
+    node = kowabunga.ZoneApi(admin).create_zone_kaktus(zone, kowabunga.Kaktus(
+        name=unique("kaktus"), agents=[agent["id"]],
+        cpu_cost=kowabunga.Cost(price=0, currency="EUR"), memory_cost=kowabunga.Cost(price=0, currency="EUR")))
+    wait_for(lambda: kowabunga.KaktusApi(admin).read_kaktus_caps(node.id).memory, "the Kaktus capabilities")
     pool = regions.create_region_storage_pool(region, kowabunga.StoragePool(
         name=unique("pool"), pool="ssd", agents=[agent["id"]]))
     template = kowabunga.PoolApi(admin).create_storage_pool_template(
@@ -64,7 +68,7 @@ def world(admin, kahuna, smtp_sink, host):
         quotas=kowabunga.ProjectResources(storage=40 * GiB)))
     other = projects.create_project(kowabunga.Project(name=unique("project"), teams=[other_team.id],
                                                       regions=[region]))
-    return {"host": host, "region": region, "zone": zone, "kaktus": kaktus, "pool": pool.id, "template": template.id,
+    return {"host": host, "region": region, "zone": zone, "kaktus": kaktus, "kaktus_id": node.id, "pool": pool.id, "template": template.id,
             "project": project.id, "other": other.id,
             "member": login(kahuna, member.email, password),
             "outsider": login(kahuna, outsider.email, other_password)}

@@ -1,0 +1,244 @@
+"""Kompute create and delete as durable flows (kahuna.orchestrator.flows).
+
+Create, each step recorded (with its undo's data) before it runs: the Kompute document, the quota
+(instances + 1, vCPUs, memory, storage = disk + data_disk), placement on a Kaktus of the zone
+(kahuna.orchestrator.placement), the OS volume `<name>-os` cloned from the template and the data
+volume `<name>-data` (kahuna.orchestrator.volumes), the instance document, the cloud-init ISO
+`<name>-cloudinit` (kahuna.cloudinit, `CreateIsoVolume`, base64), the domain (`CreateInstance`
+with kahuna.orchestrator.virtxml's XML), then start. Any failure undoes in reverse; the agent's
+error (502/503/504) or the quota's 507 reaches the client.
+Delete: domain (`DeleteInstance`, a domain already gone counts), ISO, volumes, documents, usage.
+Not landed yet: network adapters (private/public), DNS records, region-level placement.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from kahuna import cloudinit
+from kahuna.logs import get_logger
+from kahuna.metadata.token import instance_token
+from kahuna.orchestrator import placement, virtxml
+from kahuna.orchestrator.agent_calls import AgentCalls
+from kahuna.orchestrator.flows import Flow, register_undo
+from kahuna.orchestrator.volumes import VolumeEffects, delete_image
+from kahuna.resources import quota
+from kahuna.resources.errors import DomainError, Invalid, Missing, NotFoundError
+from kahuna.resources.kind import doc_value
+from kahuna.resources.service import utcnow
+from kahuna.store import errors as store_errors
+from kahuna.store.base import new_id
+
+log = get_logger("kahuna.komputes")
+
+Doc = dict[str, Any]
+START = 1  # InstanceOperation actions (upstream-kahuna §3.4)
+
+
+class KomputeEffects:
+    def __init__(self, hub: Any) -> None:
+        self.calls = AgentCalls(hub)
+        self.volumes = VolumeEffects(hub)
+
+    # ---------------------------------------------------------------------------- create
+
+    async def create(self, res, kompute: Doc) -> None:
+        flow = await Flow(res, "kompute.create", kompute["_id"]).start()
+        try:
+            await self._create(res, kompute, flow)
+        except BaseException:
+            await flow.rollback()
+            raise
+        await flow.finish()
+
+    async def _create(self, res, kompute: Doc, flow: Flow) -> None:
+        await flow.record("document", undo="store.delete", data={"collection": "kompute", "id": kompute["_id"]})
+        project = await res.get("project", kompute["project_id"])
+        zone = await res.get("zone", kompute["zone_id"])
+        region = await res.get("region", kompute["region_id"])
+        pool, template = await self._pool_and_template(res, kompute, region)
+        vcpus, memory = int(kompute["vcpus"]), int(kompute["memory"])
+        disk, data_disk = int(kompute["disk"]), int(kompute.get("data_disk") or 0)
+        delta = {"instances": 1, "vcpus": vcpus, "memory": memory}
+        await quota.reserve(res, project["_id"], **delta)
+        await flow.record("quota", undo="project.usage", data={"project_id": project["_id"], "delta": delta})
+        kaktus = await self.place(res, kompute, zone)
+        name = kompute["name"]
+        volumes = [self._volume_doc(kompute, pool, f"{name}-os", "os", disk, template["_id"])]
+        if data_disk:
+            volumes.append(self._volume_doc(kompute, pool, f"{name}-data", "raw", data_disk, ""))
+        instance_id = new_id()
+        for vol in volumes:
+            vol["instance_id"] = instance_id
+            await res.store.insert("volume", vol)
+            await self.volumes.create_in(res, vol, flow)  # records document, storage quota, image
+        now = utcnow()
+        instance = {"_id": instance_id, "schema_version": 2, "created_at": now, "updated_at": now,
+                    "project_id": project["_id"], "zone_id": zone["_id"], "region_id": region["_id"],
+                    "kaktus_id": kaktus["_id"], "name": name, "description": kompute.get("description", ""),
+                    "vcpus": vcpus, "memory": memory, "volume_ids": [v["_id"] for v in volumes],
+                    "adapter_ids": [], "local_ip": "", "profile": "", "profile_id": "",
+                    "metadata_generation": 0, "iso_volume": f"{name}-cloudinit", "iso_digest": "",
+                    "cost": {"price": 0.0, "currency": "EUR"}}
+        await res.store.insert("instance", instance)
+        await flow.record("instance", undo="store.delete", data={"collection": "instance", "id": instance_id})
+        files = self.cloudinit_files(res, project, region, zone, instance, template)
+        iso = cloudinit.build_iso(files)
+        instance["iso_digest"] = cloudinit.digest(files)
+        await flow.step("iso", lambda: self.volumes.call(pool, "CreateIsoVolume", {
+            "Pool": pool["libvirt_pool"], "Volume": instance["iso_volume"], "Size": len(iso),
+            "Content": base64.b64encode(iso).decode()}),
+            undo="volume.image", data={"pool_id": pool["_id"], "image": instance["iso_volume"]})
+        xml = await self.domain_xml(kaktus, pool, instance, volumes, template)
+        agent_id = self.calls.pick(kaktus.get("agent_ids") or (), "CreateInstance", f"Kaktus {kaktus['name']}")
+        await flow.step("domain", lambda: self.calls.call(agent_id, "CreateInstance", {"Name": name, "XML": xml}),
+                        undo="kaktus.domain", data={"kaktus_id": kaktus["_id"], "name": name})
+        await self.calls.call(agent_id, "InstanceOperation", {"Name": name, "Action": START})
+        await res.store.update_fields("instance", instance_id, {"iso_digest": instance["iso_digest"]})
+        await res.store.update_fields("kompute", kompute["_id"], {"instance_id": instance_id, "ip": ""})
+        kompute["instance_id"], kompute["ip"] = instance_id, ""
+        await self._kaktus_usage(res, kaktus["_id"], vcpus, memory, 1)
+        log.info("kompute created", kompute=kompute["_id"], instance=instance_id, kaktus=kaktus["_id"])
+
+    async def _pool_and_template(self, res, kompute: Doc, region: Doc) -> tuple[Doc, Doc]:
+        pool_id = kompute.get("pool_id") or doc_value(region, "defaults.pool_id") or ""
+        if not pool_id:
+            raise Missing("poolId: the region has no default storage pool")
+        try:
+            pool = await res.get("pool", pool_id)
+        except NotFoundError:
+            raise Invalid(f"poolId: storage pool {pool_id} not found") from None
+        if pool.get("region_id") != region["_id"]:
+            raise Invalid(f"poolId: storage pool {pool_id} is not in this region")
+        template_id = kompute.get("template_id") or doc_value(pool, "defaults.template_ids.os") or ""
+        if not template_id:
+            raise Missing("templateId: the storage pool has no default template")
+        try:
+            template = await res.get("template", template_id)
+        except NotFoundError:
+            raise Invalid(f"templateId: template {template_id} not found") from None
+        if template.get("storage_pool_id") != pool["_id"]:
+            raise Invalid(f"templateId: template {template_id} is not in storage pool {pool.get('name')}")
+        return pool, template
+
+    @staticmethod
+    def _volume_doc(kompute: Doc, pool: Doc, name: str, vtype: str, size: int, template_id: str) -> Doc:
+        now = utcnow()
+        return {"_id": new_id(), "schema_version": 2, "created_at": now, "updated_at": now,
+                "project_id": kompute["project_id"], "region_id": kompute["region_id"],
+                "pool_id": pool["_id"], "name": name, "description": "", "type": vtype, "size": size,
+                "image": name, "template_id": template_id, "instance_id": ""}
+
+    async def place(self, res, kompute: Doc, zone: Doc) -> Doc:
+        kaktuses = await res.list("kaktus", zone["_id"])
+        candidates, by_id = [], {}
+        for k in kaktuses:
+            agents = k.get("agent_ids") or ()
+            methods = {m for m in placement.DEFAULT_METHODS if self.calls.eligible(agents, m)}
+            names = [i["name"] for i in await res.list("instance", kaktus_id=k["_id"])]
+            candidates.append(placement.candidate_from_kaktus(
+                k, zone_name=zone.get("name", ""), connected=bool(methods), methods=methods, instance_names=names))
+            by_id[k["_id"]] = k
+        request = placement.PlacementRequest(name=kompute["name"], vcpus=int(kompute["vcpus"]),
+                                             memory=int(kompute["memory"]), scope=f"zone {zone.get('name')}")
+        return by_id[placement.choose_host(request, candidates).id]
+
+    def cloudinit_files(self, res, project: Doc, region: Doc, zone: Doc, instance: Doc, template: Doc) -> dict:
+        config, secrets = res.extras.get("config"), res.extras.get("secrets")
+        public_url = getattr(config, "public_url", "http://127.0.0.1:8080") if config else "http://127.0.0.1:8080"
+        token = instance_token(secrets.server_secret, instance["_id"], instance["metadata_generation"]) if secrets else ""
+        profile = cloudinit.CloudInitProfile(
+            hostname=instance["name"], instance_id=instance["_id"], os=template.get("os", "linux"),
+            domain=project.get("domain") or region.get("domain", ""), region=region.get("name", ""),
+            zone=zone.get("name", ""), service_user=project.get("bootstrap_user") or "kowabunga",
+            service_user_pubkey=project.get("bootstrap_pubkey", ""),
+            metadata_url=public_url + "/latest/meta-data", metadata_token=token)
+        return cloudinit.render(profile)
+
+    async def domain_xml(self, kaktus: Doc, pool: Doc, instance: Doc, volumes: list[Doc], template: Doc) -> str:
+        listen = "127.0.0.1"
+        agents = kaktus.get("agent_ids") or ()
+        if self.calls.eligible(agents, "GetLibvirtEndpoint"):
+            try:
+                _, ep = await self.calls.call_one(agents, "GetLibvirtEndpoint", {}, f"Kaktus {kaktus['name']}")
+                listen = (ep or {}).get("Address") or listen
+            except DomainError:
+                pass
+        monitors = ((pool.get("ceph_mon_address") or "localhost", int(pool.get("ceph_mon_port") or 3300)),)
+        secret = pool.get("ceph_auth_secret_uuid", "")
+        disks = [virtxml.DiskSpec(virtxml.disk_dev(i), pool["libvirt_pool"], v["image"], monitors, secret)
+                 for i, v in enumerate(volumes)]
+        disks.append(virtxml.DiskSpec(virtxml.ISO_DEVICE, pool["libvirt_pool"], instance["iso_volume"],
+                                      monitors, secret, cdrom=True))
+        return virtxml.domain_xml(virtxml.DomainSpec(
+            name=instance["name"], vcpus=instance["vcpus"], memory=instance["memory"], spice_listen=listen,
+            os=template.get("os", "linux"), description=instance.get("description", ""), disks=tuple(disks)))
+
+    async def _kaktus_usage(self, res, kaktus_id: str, vcpus: int, memory: int, instances: int) -> None:
+        async with res.locks.hold(("kaktus-usage", kaktus_id)):
+            try:
+                k = await res.get("kaktus", kaktus_id)
+            except NotFoundError:
+                return
+            usage = dict(k.get("usage") or {})
+            usage["vcpus"] = max(0, int(usage.get("vcpus", 0)) + vcpus)
+            usage["memory"] = max(0, int(usage.get("memory", 0)) + memory)
+            usage["instances"] = max(0, int(usage.get("instances", 0)) + instances)
+            await res.set_fields("kaktus", kaktus_id, {"usage": usage})
+
+    # ---------------------------------------------------------------------------- delete
+
+    async def delete(self, res, kompute: Doc) -> None:
+        """Domain, ISO, volumes, instance; each agent step must succeed before documents go."""
+        if not kompute.get("instance_id"):
+            return
+        try:
+            instance = await res.get("instance", kompute["instance_id"])
+        except NotFoundError:
+            return
+        await delete_domain(self.calls, res, instance["kaktus_id"], instance["name"])
+        volumes = []
+        for vid in instance.get("volume_ids") or ():
+            try:
+                volumes.append(await res.get("volume", vid))
+            except NotFoundError:
+                pass
+        pool = await res.get("pool", volumes[0]["pool_id"]) if volumes else None
+        if pool is not None:
+            await delete_image(self.volumes, pool, instance.get("iso_volume") or f"{instance['name']}-cloudinit")
+        for vol in volumes:
+            await self.volumes.delete_image(res, vol)
+            await _drop(res, "volume", vol["_id"])
+            await quota.release(res, vol["project_id"], storage=int(vol["size"]))
+        await _drop(res, "instance", instance["_id"])
+        await quota.release(res, kompute["project_id"], instances=1, vcpus=int(instance["vcpus"]),
+                            memory=int(instance["memory"]))
+        await self._kaktus_usage(res, instance["kaktus_id"], -int(instance["vcpus"]), -int(instance["memory"]), -1)
+
+
+async def delete_domain(calls: AgentCalls, res, kaktus_id: str, name: str) -> None:
+    try:
+        kaktus = await res.get("kaktus", kaktus_id)
+    except NotFoundError:
+        return
+    try:
+        await calls.call_one(kaktus.get("agent_ids") or (), "DeleteInstance", {"Name": name},
+                             f"Kaktus {kaktus['name']}")
+    except DomainError as exc:
+        if "Domain not found" not in exc.reason and "no domain" not in exc.reason:
+            raise
+
+
+async def _drop(res, collection: str, doc_id: str) -> None:
+    try:
+        await res.store.delete(collection, doc_id)
+    except store_errors.NotFound:
+        pass
+
+
+async def _undo_domain(res, data: Doc) -> None:
+    await delete_domain(AgentCalls(res.extras.get("hub")), res, data["kaktus_id"], data["name"])
+
+
+register_undo("kaktus.domain", _undo_domain)

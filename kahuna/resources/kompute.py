@@ -1,0 +1,90 @@
+"""Instances and Komputes (collections `instance`, `kompute`), owned by a project, in a zone.
+
+A Kompute is upstream's "VM from zero": `POST /project/{p}/zone/{z}/kompute?poolId=&templateId=`
+makes its OS volume (and data volume), cloud-init ISO, domain on a Kaktus chosen by placement,
+and the instance document, as one durable flow (kahuna.orchestrator.komputes): a failure, a
+vanished client or a crash leaves nothing. Deleting it removes all of that (domain first).
+
+instance: `project_id`, `zone_id`, `region_id`, `kaktus_id`, `name`, `description`, `vcpus`,
+`memory` (bytes), `volume_ids` (os first), `adapter_ids`, `local_ip`, `profile`, `profile_id`,
+`metadata_generation` (int), `iso_volume` (the cloud-init image), `iso_digest`.
+kompute: `project_id`, `zone_id`, `region_id`, `instance_id`, `name`, `description`, `vcpus`,
+`memory`, `disk`, `data_disk`, `public`; the API's `ip` is the instance's `local_ip`.
+
+Instances are served read-only here (GET /instance, /instance/{id}); their own create/update
+routes are not landed yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kahuna.orchestrator.komputes import KomputeEffects
+from kahuna.resources.errors import Invalid
+from kahuna.resources.kind import Access, Hooks, Kind, Parent, base_fields, register
+from kahuna.resources.types import Bool, Field, Int, ListOf, Str
+
+Doc = dict[str, Any]
+TENANT = Access(read="project", create="project", update="project", delete="project")
+
+
+INSTANCE = register(Kind(
+    name="instance",
+    fields=base_fields() + (
+        Field("memory", Int(low=1), required=True),
+        Field("vcpus", Int(low=1, high=1024), required=True),
+        Field("uefi", Bool(), default=False, create_only=True),
+        Field("kmotion_enabled", Bool(), default=True),
+        Field("kwarantines", ListOf(item=Str(max_len=64), max_items=64), default=list, db="kwarantine_ids"),
+    ),
+    owner=Parent("project", "project_id"),
+    locations=(Parent("zone", "zone_id"),),
+    indexed=("kaktus_id",),
+    access=TENANT,
+    routes=frozenset({"list", "read"}),
+))
+
+
+def _effects(res) -> KomputeEffects:
+    return KomputeEffects(res.extras.get("hub"))
+
+
+async def _before_create(res, doc: Doc, query: Any = None, **_: Any) -> None:
+    if "zone_id" not in doc:
+        raise Invalid("region-level Kompute creation is not served yet: use /project/{p}/zone/{z}/kompute")
+    zone = await res.get("zone", doc["zone_id"])
+    doc["region_id"] = zone["region_id"]
+    doc["instance_id"] = ""
+    raw = (query.get("public") if query is not None else None) or "false"
+    doc["public"] = raw.lower() in ("true", "1")
+    doc["pool_id"] = (query.get("poolId") if query is not None else None) or ""
+    doc["template_id"] = (query.get("templateId") if query is not None else None) or ""
+
+
+async def _after_create(res, doc: Doc, **_: Any) -> None:
+    await _effects(res).create(res, doc)
+
+
+async def _before_delete(res, doc: Doc, **_: Any) -> None:
+    await _effects(res).delete(res, doc)
+
+
+KOMPUTE = register(Kind(
+    name="kompute",
+    fields=base_fields() + (
+        Field("memory", Int(low=1), required=True),
+        Field("vcpus", Int(low=1, high=1024), required=True),
+        Field("disk", Int(low=1), required=True),
+        Field("data_disk", Int(low=0), default=0),
+        Field("ip", Str(), read_only=True),
+        Field("uefi", Bool(), default=False, create_only=True),
+        Field("kmotion_enabled", Bool(), default=True),
+        Field("kwarantines", ListOf(item=Str(max_len=64), max_items=64), default=list, db="kwarantine_ids"),
+    ),
+    owner=Parent("project", "project_id"),
+    locations=(Parent("zone", "zone_id"),),
+    indexed=("instance_id",),
+    access=TENANT,
+    routes=frozenset({"list", "create", "read", "delete", "children"}),
+    hooks=Hooks(before_create=_before_create, after_create=_after_create, before_delete=_before_delete),
+))

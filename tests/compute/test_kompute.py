@@ -1,0 +1,75 @@
+"""Komputes over real HTTP with the official client and an in-process simulated Kaktus: the whole
+create (OS + data volumes, cloud-init ISO read back from the sim, domain XML with the disks and
+the ISO, started), read, delete (nothing left), and a failure at each agent step undone."""
+
+from __future__ import annotations
+
+import json
+
+import kowabunga
+import pytest
+from kowabunga.exceptions import ApiException
+
+from agent.sim.model import GiB
+from tests.conftest import make_client
+from tests.infra.helpers import http, stored
+
+
+def _images(k):
+    return {n for n in k.images("ssd") if n != "noble"}
+
+
+def test_kompute_from_zero_and_back(kahuna, world, admin):
+    k = world["kaktus"]
+    with make_client(kahuna, api_key=None, token=world["member"]) as member:
+        projects, komputes = kowabunga.ProjectApi(member), kowabunga.KomputeApi(member)
+        vm = projects.create_project_zone_kompute(world["project"], world["zone"], kowabunga.Kompute(
+            name="web1", memory=2 * GiB, vcpus=2, disk=10 * GiB, data_disk=5 * GiB))
+        assert (vm.name, vm.vcpus, vm.memory, vm.disk, vm.data_disk) == ("web1", 2, 2 * GiB, 10 * GiB, 5 * GiB)
+        assert _images(k) == {"web1-os", "web1-data", "web1-cloudinit"}
+        assert k.image("ssd", "web1-os")["kind"] == "os" and k.image("ssd", "web1-data")["size"] == 5 * GiB
+        files = k.iso_files("ssd", "web1-cloudinit")
+        doc = stored(kahuna, "kompute", vm.id)
+        instance = stored(kahuna, "instance", doc["instance_id"])
+        assert f'instance-id: "{doc["instance_id"]}"' in files["meta-data"]
+        assert "kowabunga_metadata_token" in files["meta-data"] and "web1" in files["meta-data"]
+        domain = k.domain("web1")
+        assert domain["state"] == "Running" and domain["vcpus"] == 2 and domain["memory"] == 2 * GiB
+        assert [(d["device"], d["volume"]) for d in domain["disks"]] == [
+            ("cdrom", "web1-cloudinit"), ("disk", "web1-os"), ("disk", "web1-data")] or \
+            {d["volume"] for d in domain["disks"]} == {"web1-os", "web1-data", "web1-cloudinit"}
+        assert instance["kaktus_id"] and instance["metadata_generation"] == 0
+        usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+        assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (1, 2, 2 * GiB, 15 * GiB)
+        assert komputes.list_komputes() == [vm.id]
+        assert projects.list_project_zone_komputes(world["project"], world["zone"]) == [vm.id]
+        assert komputes.read_kompute(vm.id).name == "web1"
+        assert kowabunga.InstanceApi(member).list_instances() == [doc["instance_id"]]
+        assert komputes.delete_kompute(vm.id) is None
+    assert _images(k) == set() and k.domain("web1") is None
+    assert http(kahuna, "GET", "/instance")[1] == [] and http(kahuna, "GET", "/volume")[1] == []
+    usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+    assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("method,status", [("CreateOsVolume", 502), ("CreateRawVolume", 502),
+                                           ("CreateIsoVolume", 502), ("CreateInstance", 502),
+                                           ("InstanceOperation", 502)])
+def test_a_failure_at_each_step_leaves_nothing(kahuna, world, admin, method, status):
+    k = world["kaktus"]
+    k.faults.fail(method, "rbd: ret=-5, Input/output error", times=1)
+    code, body = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
+                      {"name": "db1", "memory": GiB, "vcpus": 1, "disk": 4 * GiB, "data_disk": GiB})
+    assert code == status and "Input/output error" in body["reason"], body
+    assert _images(k) == set() and k.domain("db1") is None
+    for path in ("/kompute", "/instance", "/volume"):
+        assert http(kahuna, "GET", path)[1] == []
+    usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+    assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (0, 0, 0, 0)
+
+
+def test_quota_refuses_a_kompute_with_507(kahuna, world):
+    code, body = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
+                      {"name": "big", "memory": GiB, "vcpus": 1, "disk": 39 * GiB, "data_disk": 2 * GiB})
+    assert code == 507 and "storage" in body["reason"]
+    assert _images(world["kaktus"]) == set() and http(kahuna, "GET", "/kompute")[1] == []
