@@ -1,31 +1,33 @@
 """Kylo side effects on the Kaktus agents of the NFS storage's pool (upstream's parameters).
 
-Create is a flow of steps, each with its undo; a failing step undoes the ones before it, in
-reverse order, shielded (so a share never exists without its export, nor a subvolume without a
-share):
+Create is a durable flow (kahuna.orchestrator.flows) of steps, each with a named, idempotent
+undo; a failing step, a cancelled request or a crash undoes the ones made, in reverse, shielded
+(so a share never exists without its export, nor a subvolume without a share):
     ListFileSystems{}                    the NFS storage's `fs` must be listed (else 422)
     ListFsSubVolumes{FS}                 the name must not be taken (else 422)
     CreateFsSubVolume{FS, SubVolume}     -> {Path, BytesUsed}      undo: DeleteFsSubVolume
     CreateNfsBackends{ID, Name, FS, Path, Access, Protocols, Clients, Backends, Port}
                                                                     undo: DeleteNfsBackends{ID}
 Update sends `UpdateNfsBackends` with the same parameters; delete `DeleteNfsBackends` then
-`DeleteFsSubVolume`. After a step timed out, the undo waits one call timeout first (the agent
-may still carry it out late). Agent errors are the request's errors (502/503/504, agent_calls): upstream
-logged and ignored them, leaving shares without exports. The steps are plain (method, params,
-undo) triples so that the durable flow engine (kahuna.orchestrator.flows) can run them as is.
+`DeleteFsSubVolume`. The stored document is the flow's last step. After a step timed out, the
+undo waits one call timeout first (the agent may still carry the call out late). Agent errors
+are the request's errors (502/503/504, agent_calls): upstream logged and ignored them, leaving
+shares without exports.
 """
 
 from __future__ import annotations
 
 import secrets as _random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import trio
 
 from kahuna.logs import get_logger
-from kahuna.orchestrator.agent_calls import AgentCalls, AgentTimedOut
-from kahuna.resources.errors import ConflictError, DomainError, Invalid
+from kahuna.orchestrator import flows
+from kahuna.orchestrator.agent_calls import AgentCalls, AgentFailed, AgentTimedOut, NoAgent
+from kahuna.resources.errors import ConflictError, Invalid, NotFoundError
+from kahuna.store import errors as store_errors
 from kahuna.resources.semantic import Unprocessable
 
 log = get_logger("kahuna.kylo")
@@ -50,6 +52,7 @@ class Share:
     export_id: int = 0
     path: str = ""
     size: int = 0
+    doc_id: str = ""
 
 
 def export_params(share: Share) -> dict:
@@ -76,35 +79,46 @@ class KyloEffects:
         pool = await res.get("pool", nfs["storage_pool_id"])
         return list(pool.get("agent_ids") or ()), f"storage pool {pool.get('name')}"
 
-    async def create(self, res, nfs: Doc, share: Share) -> Share:
+    async def create(self, res, nfs: Doc, share: Share, store: Callable[[Share], Awaitable[None]]) -> Share:
+        """Check, then make the subvolume, the export and (`store`) the document, as one durable
+        flow: a failure, a cancellation or a crash (replayed by flows.recover at start) undoes
+        the steps made, in reverse."""
         agents, what = await self._pool_agents(res, nfs)
         agent, listed = await self.calls.call_one(agents, "ListFileSystems", {}, what)
         if share.fs not in ((listed or {}).get("FS") or []):
             raise Unprocessable(f"NFS storage {nfs.get('name')}: file system {share.fs} is not served by "
-                          f"its pool's Ceph cluster")
+                                f"its pool's Ceph cluster")
         _, subs = await self.calls.call_one(agents, "ListFsSubVolumes", {"FS": share.fs}, what)
         if share.name in ((subs or {}).get("SubVolumes") or []):
             raise Unprocessable(f"a subvolume {share.name} already exists on file system {share.fs}")
-        undo: list[tuple[str, dict]] = []
-        try:
+        nfs_id = nfs["_id"]
+
+        async def subvolume():
             _, made = await self.calls.call_one(agents, "CreateFsSubVolume",
                                                 {"FS": share.fs, "SubVolume": share.name}, what)
-            undo.append(("DeleteFsSubVolume", {"FS": share.fs, "SubVolume": share.name}))
             share.path = str((made or {}).get("Path") or "")
             share.size = int((made or {}).get("BytesUsed") or 0)
             if not share.path:
                 raise Invalid(f"CreateFsSubVolume answered no path for {share.name}")
-            # a timed-out create may still have happened on the agent: undo it too
-            undo.append(("DeleteNfsBackends", export_params(share)))
+
+        async def export():
             await self.calls.call_one(agents, "CreateNfsBackends", export_params(share), what)
-        except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                if isinstance(exc, AgentTimedOut):
-                    # the agent may still carry the call out: let a late answer land first, or
-                    # the undo would run before it and the export would outlive its share
+
+        async with flows.Flow(res, "kylo.create", share.name) as flow:
+            try:
+                await flow.step("subvolume", subvolume, undo="kylo.subvolume",
+                                data={"nfs_id": nfs_id, "fs": share.fs, "subvolume": share.name})
+                # recorded before the call: a timed-out create may still happen on the agent
+                await flow.step("export", export, undo="kylo.export",
+                                data={"nfs_id": nfs_id, "export": export_params(share)})
+                await flow.step("document", lambda: store(share), undo="kylo.document",
+                                data={"id": share.doc_id})
+            except AgentTimedOut:
+                # the agent may still carry the call out: let a late answer land before the
+                # undo, or the export would outlive its share
+                with trio.CancelScope(shield=True):
                     await trio.sleep(self._late_grace())
-                await self._undo(agents, what, undo)
-            raise
+                raise
         log.info("kylo exported", name=share.name, export=share.export_id, clients=share.clients)
         return share
 
@@ -121,11 +135,54 @@ class KyloEffects:
         await self.calls.call_one(agents, "DeleteNfsBackends", export_params(share), what)
         await self.calls.call_one(agents, "DeleteFsSubVolume", {"FS": share.fs, "SubVolume": share.name}, what)
 
-    async def _undo(self, agents: list[str], what: str, steps: list[tuple[str, dict]]) -> None:
-        for method, params in reversed(steps):
-            try:
-                with trio.fail_after(UNDO_TIMEOUT):
-                    await self.calls.call_one(agents, method, params, what, timeout=UNDO_TIMEOUT)
-            except (DomainError, trio.TooSlowError) as exc:
-                log.error("kylo undo failed: left on the agent", method=method,
-                          error=getattr(exc, "reason", "timed out"))
+
+def effects_of(res) -> KyloEffects:
+    effects = res.extras.get("kylo")
+    if effects is None:
+        hub = res.extras.get("hub")
+        if hub is None:
+            raise NoAgent("no eligible agent: this server runs without its agent hub")
+        effects = res.extras.setdefault("kylo", KyloEffects(hub))
+    return effects
+
+
+async def _nfs_agents(res, nfs_id: str) -> tuple[KyloEffects, list[str], str] | None:
+    try:
+        nfs = await res.get("nfs", nfs_id)
+    except NotFoundError:
+        return None  # the NFS storage went: nothing left to call
+    effects = effects_of(res)
+    agents, what = await effects._pool_agents(res, nfs)
+    return effects, agents, what
+
+
+@flows.undo("kylo.subvolume")
+async def _undo_subvolume(res, data: dict) -> None:
+    """Idempotent: a subvolume already gone counts as deleted."""
+    found = await _nfs_agents(res, data["nfs_id"])
+    if found is None:
+        return
+    effects, agents, what = found
+    try:
+        await effects.calls.call_one(agents, "DeleteFsSubVolume", {"FS": data["fs"], "SubVolume": data["subvolume"]},
+                                     what, timeout=UNDO_TIMEOUT)
+    except AgentFailed as exc:
+        if "ENOENT" not in exc.reason and "does not exist" not in exc.reason:
+            raise
+
+
+@flows.undo("kylo.export")
+async def _undo_export(res, data: dict) -> None:
+    found = await _nfs_agents(res, data["nfs_id"])
+    if found is None:
+        return
+    effects, agents, what = found
+    await effects.calls.call_one(agents, "DeleteNfsBackends", data["export"], what, timeout=UNDO_TIMEOUT)
+
+
+@flows.undo("kylo.document")
+async def _undo_document(res, data: dict) -> None:
+    try:
+        await res.store.delete("kylo", data["id"])
+    except store_errors.NotFound:
+        pass

@@ -17,11 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import trio
-
-from kahuna.orchestrator.kylo import KyloEffects, Share, new_export_id
-from kahuna.logs import get_logger
-from kahuna.resources.errors import ConflictError, DomainError, Invalid, NotFoundError, Unavailable
+from kahuna.orchestrator.kylo import KyloEffects, Share, effects_of, new_export_id
+from kahuna.resources.errors import ConflictError, Invalid, NotFoundError, Unavailable
 from kahuna.resources.kind import Access, Hooks, Kind, Parent, register, set_doc_value
 from kahuna.resources.semantic import Unprocessable
 from kahuna.resources.service import utcnow
@@ -31,7 +28,6 @@ from kahuna.store import errors as store_errors
 from kahuna.store.base import new_id
 
 Doc = dict[str, Any]
-log = get_logger("kahuna.kylo")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -52,13 +48,7 @@ def _protocols(value: list[int], path: str) -> list[int]:
 
 
 def _effects(res) -> KyloEffects:
-    effects = res.extras.get("kylo")
-    if effects is None:
-        hub = res.extras.get("hub")
-        if hub is None:
-            raise Unavailable("no eligible agent: this server runs without its agent hub")
-        effects = res.extras.setdefault("kylo", KyloEffects(hub))
-    return effects
+    return effects_of(res)
 
 
 def _share(nfs: Doc, doc: Doc) -> Share:
@@ -115,21 +105,19 @@ async def create_kylo(res, project: Doc, region_id: str, nfs_id: str | None, pay
             raise ConflictError(f"a Kylo named {doc['name']} already exists")
         taken = {int(d.get("export_id") or 0) for d in await res.list(KYLO, nfs_id=nfs_id)}
         doc["export_id"] = new_export_id(taken)
-        share = await effects.create(res, nfs, _share(nfs, doc))
-        doc["subvolume"] = {"name": share.name, "path": share.path, "size": share.size}
-        try:
-            await res.store.insert(KYLO.collection, doc)
-        except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                try:
-                    await effects.delete(res, nfs, share)
-                except DomainError as undo_exc:  # the original error is the answer
-                    log.error("kylo undo failed: left on the agent", name=share.name, error=undo_exc.reason)
-            if isinstance(exc, store_errors.Conflict):
+        share = _share(nfs, doc)
+        share.doc_id = doc["_id"]
+
+        async def store(made: Share) -> None:
+            doc["subvolume"] = {"name": made.name, "path": made.path, "size": made.size}
+            try:
+                await res.store.insert(KYLO.collection, doc)
+            except store_errors.Conflict:
                 raise ConflictError(f"a Kylo named {doc['name']} already exists") from None
-            if isinstance(exc, store_errors.Unavailable):
+            except store_errors.Unavailable as exc:
                 raise Unavailable(f"database unavailable: {exc}") from None
-            raise
+
+        await effects.create(res, nfs, share, store)
     return doc
 
 

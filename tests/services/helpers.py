@@ -54,3 +54,14 @@ def give_private_subnet(kahuna, project_id: str, region_id: str, subnet_id: str)
         conn.commit()
     finally:
         conn.close()
+
+
+def flows_left(kahuna) -> int:
+    """Unfinished flows in the embedded store (kahuna.orchestrator.flows): 0 once all ended."""
+    conn = sqlite3.connect(f"file:{kahuna.workdir / 'data' / 'kahuna.sqlite3'}?mode=ro", uri=True)
+    try:
+        return conn.execute('SELECT COUNT(*) FROM "flow"').fetchone()[0]
+    except sqlite3.OperationalError:  # no flow ever started
+        return 0
+    finally:
+        conn.close()

@@ -11,7 +11,7 @@ from kowabunga.exceptions import ApiException, NotFoundException
 from tests.conftest import make_client
 from tests.identity.helpers import create_confirmed_user, login
 from tests.infra.helpers import CALL_TIMEOUT, create_agents, http, region_and_zone, stored, unique, wait_for
-from tests.services.helpers import give_private_subnet
+from tests.services.helpers import flows_left, give_private_subnet
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,7 @@ def test_kylo_life_cycle(kahuna, world):
         export = kaktus.state()["exports"][str(doc["export_id"])]
         assert (export["Access"], export["Protocols"], export["Clients"]) == ("RO", [3, 4], ["10.42.0.0/26"])
 
+        assert flows_left(kahuna) == 0
         kylos.delete_kylo(share.id)
         state = kaktus.state()
         assert str(doc["export_id"]) not in state["exports"] and "data" not in state["filesystems"]["nfs"]
@@ -132,6 +133,7 @@ def test_agent_failures_are_reported_and_undone(admin, kahuna, world, sims):
     state = slow.state()
     assert "late" not in state["filesystems"]["nfs"] and "DeleteNfsBackends" in state["calls"]
     assert state["exports"] == {}  # the late export landed before the undo removed it
+    assert flows_left(kahuna) == 0
     assert kowabunga.KyloApi(admin).list_kylos() == []
     slow.stop()
     slow.wait_disconnected()
