@@ -18,6 +18,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from kahuna.api import agents as agents_api
+from kahuna.api import compute as compute_api
 from kahuna.api import infra as infra_api
 from kahuna.api import metadata as metadata_api
 from kahuna.api import metrics as metrics_api
@@ -119,6 +120,7 @@ def build_app(resources: Resources, secrets: Secrets, *, hub=None, agent_keys=No
         partial(infra_api.install, resources=resources),
         partial(metadata_api.install, resources=resources, server_secret=secrets.server_secret),
         partial(services_api.install, resources=resources),
+        partial(compute_api.install, resources=resources),
         partial(metrics_api.install, resources=resources),
     ])
 

@@ -1,0 +1,76 @@
+"""Compute routes beyond the generic ones: instance and Kompute state, power actions, connect.
+
+  GET   /instance/{instanceId}/state | /kompute/{komputeId}/state     -> InstanceState
+  GET   /instance/{instanceId}/connect                                -> InstanceRemoteAccess
+  PATCH /instance|kompute/{id}/{start,stop,shutdown,reboot,reset,suspend,resume} -> null
+
+Access: the `project` rule (members of the project's teams; others 404). A power action that
+would not change anything (stop of a stopped domain, start of a running one) is a no-op; other
+agent refusals are 422 with libvirt's words (upstream); an unreachable agent stays 503/504.
+"""
+
+from __future__ import annotations
+
+from kahuna.api.routes import RouteTable, json_response, target_doc
+from kahuna.orchestrator.agent_calls import AgentCalls
+from kahuna.resources.errors import DomainError, Missing, NotFoundError
+
+ACTIONS = {"start": 1, "reboot": 2, "reset": 3, "stop": 4, "shutdown": 5, "suspend": 6, "resume": 7}
+STOPPED = ("Shutoff", "Shutdown", "No State", "Crashed")
+# actions with nothing to do in these states
+NO_OP = {"start": ("Running",), "stop": STOPPED, "shutdown": STOPPED, "resume": ("Running",),
+         "suspend": ("Paused", "PM Suspended")}
+
+
+def install(table: RouteTable, *, resources) -> None:
+    res = resources
+
+    async def instance_of(kind: str) -> dict:
+        doc = target_doc()
+        if kind == "instance":
+            return doc
+        if not doc.get("instance_id"):
+            raise NotFoundError(f"kompute {doc['_id']} has no instance")
+        return await res.get("instance", doc["instance_id"])
+
+    async def agent_call(instance: dict, method: str, params: dict):
+        calls = AgentCalls(res.extras.get("hub"))
+        kaktus = await res.get("kaktus", instance["kaktus_id"])
+        _, reply = await calls.call_one(kaktus.get("agent_ids") or (), method, params, f"Kaktus {kaktus['name']}")
+        return reply
+
+    async def state_of(instance: dict) -> dict:
+        reply = await agent_call(instance, "GetInstanceState", {"Name": instance["name"]}) or {}
+        return {"state": str(reply.get("State", "")), "reason": str(reply.get("Reason", ""))}
+
+    def routes_for(kind: str, param: str) -> None:
+        async def state(principal, **params):
+            return json_response(await state_of(await instance_of(kind)))
+
+        table.add(f"/{kind}/{{{param}}}/state", "GET", "project", state, name=f"read_{kind}_state")
+
+        for action, code in ACTIONS.items():
+            async def power(principal, _action=action, _code=code, **params):
+                instance = await instance_of(kind)
+                current = (await state_of(instance))["state"]
+                if current in NO_OP.get(_action, ()):
+                    return json_response(None)
+                try:
+                    await agent_call(instance, "InstanceOperation", {"Name": instance["name"], "Action": _code})
+                except DomainError as exc:
+                    if exc.status == 502:  # the agent answered: libvirt refused
+                        raise Missing(f"{_action}: {exc.reason}") from None
+                    raise
+                return json_response(None)
+
+            table.add(f"/{kind}/{{{param}}}/{action}", "PATCH", "project", power, name=f"{action}_{kind}")
+
+    routes_for("instance", "instanceId")
+    routes_for("kompute", "komputeId")
+
+    async def connect(principal, **params):
+        instance = target_doc()
+        reply = await agent_call(instance, "GetInstanceRemoteConnectionUrl", {"Name": instance["name"]}) or {}
+        return json_response({"url": str(reply.get("URL", ""))})
+
+    table.add("/instance/{instanceId}/connect", "GET", "project", connect, name="read_instance_remote_connection")
