@@ -3,10 +3,7 @@ status (our extension: `GET /agent/{agentId}/status`)."""
 
 from __future__ import annotations
 
-from quart import request
-
-from kahuna.api.routes import RouteTable, json_response, query_bool
-from kahuna.auth import apikeys
+from kahuna.api.routes import RouteTable, json_response, token_expiration
 from kahuna.orchestrator.agent_keys import AgentKeys
 from kahuna.resources.service import Resources
 from kahuna.resources.views import present
@@ -17,8 +14,7 @@ OFFLINE = {"connected": False, "version": None, "methods": [], "connected_since"
 
 def install(table: RouteTable, resources: Resources, keys: AgentKeys, hub) -> None:
     async def set_token(principal, agentId):
-        expire = query_bool("expire")
-        expiration = apikeys.parse_expiration(expire, request.args.get("expirationDate"))
+        expire, expiration = token_expiration("expire", "expirationDate")
         token, _key = await keys.issue(agentId, expire=expire, expiration_date=expiration)
         return json_response(present("token", token))
 

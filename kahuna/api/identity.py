@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from quart import request
 
-from kahuna.api.routes import RouteTable, json_body, json_response, query_bool, target_doc
-from kahuna.auth import apikeys, passwords
+from kahuna.api.routes import RouteTable, json_body, json_response, target_doc, token_expiration
+from kahuna.auth import passwords
 from kahuna.resources import identity
 from kahuna.resources.errors import Forbidden, Invalid
 from kahuna.resources.types import Field, Str, check_object
@@ -43,9 +43,7 @@ def install(table: RouteTable, resources) -> None:
         return json_response(None)
 
     async def set_token(principal, userId):
-        expire = query_bool("expire")
-        raw_date = request.args.get("expirationDate", request.args.get("expiration_date"))
-        expiration = apikeys.parse_expiration(expire, raw_date)
+        expire, expiration = token_expiration("expire", "expirationDate", "expiration_date")
         token = await identity.rotate_user_key(resources, target_doc(), expire, expiration)
         return json_response(present("token", token))
 

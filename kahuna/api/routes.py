@@ -150,6 +150,24 @@ async def json_body() -> Any:
     return jsondecode.decode(raw)
 
 
+class Unprocessable(DomainError):
+    """422: for operations whose 0.58 document lists 422, not 400, for bad parameters (the
+    token rotations)."""
+    status, error = 422, "Unprocessable Entity"
+
+
+def token_expiration(expire_param: str = "expire", *date_params: str) -> tuple[bool, str | None]:
+    """`expire` and `expirationDate` query parameters of a token rotation; bad ones are 422."""
+    from kahuna.auth import apikeys
+
+    try:
+        expire = query_bool(expire_param)
+        raw = next((request.args[p] for p in date_params if p in request.args), None)
+        return expire, apikeys.parse_expiration(expire, raw)
+    except Invalid as exc:
+        raise Unprocessable(exc.reason) from None
+
+
 class UnsupportedMediaType(DomainError):
     status, error = 415, "Unsupported Media Type"
 
