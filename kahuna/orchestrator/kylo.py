@@ -133,7 +133,17 @@ class KyloEffects:
     async def delete(self, res, nfs: Doc, share: Share) -> None:
         agents, what = await self._pool_agents(res, nfs)
         await self.calls.call_one(agents, "DeleteNfsBackends", export_params(share), what)
-        await self.calls.call_one(agents, "DeleteFsSubVolume", {"FS": share.fs, "SubVolume": share.name}, what)
+        try:
+            await self.calls.call_one(agents, "DeleteFsSubVolume", {"FS": share.fs, "SubVolume": share.name}, what)
+        except AgentFailed as exc:
+            if not _already_gone(exc):
+                raise
+            log.warning("kylo subvolume already gone", name=share.name, fs=share.fs)
+
+
+def _already_gone(exc: AgentFailed) -> bool:
+    """Ceph's words for a subvolume that is not there (deleting it again is then done)."""
+    return "ENOENT" in exc.reason or "does not exist" in exc.reason
 
 
 def effects_of(res) -> KyloEffects:
@@ -167,7 +177,7 @@ async def _undo_subvolume(res, data: dict) -> None:
         await effects.calls.call_one(agents, "DeleteFsSubVolume", {"FS": data["fs"], "SubVolume": data["subvolume"]},
                                      what, timeout=UNDO_TIMEOUT)
     except AgentFailed as exc:
-        if "ENOENT" not in exc.reason and "does not exist" not in exc.reason:
+        if not _already_gone(exc):
             raise
 
 

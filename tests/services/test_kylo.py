@@ -167,3 +167,21 @@ def test_another_project_sees_none_of_it(admin, kahuna, world, sims):
     assert http(kahuna, "GET", f"/project/{world['project']}/records", key=None, token=world["reader"]) == (200, [])
     assert http(kahuna, "GET", "/kylo", key=None, token=world["member"]) == (200, [share.id])
     kowabunga.KyloApi(admin).delete_kylo(share.id)
+
+
+def test_a_failed_export_update_changes_nothing(admin, kahuna, world, sims):
+    share = kowabunga.ProjectApi(admin).create_project_region_kylo(world["project"], world["region"],
+                                                                   kowabunga.Kylo(name="steady", access="RW"))
+    world["kaktus"].stop()
+    world["kaktus"].wait_disconnected()
+    failing = sims.kaktus(kahuna, world["kaktus"].agent, sim={"fileSystems": ["nfs"]},
+                          fail={"UpdateNfsBackends": "ganesha: 404 export not found"}).wait_connected()
+    got, answer = http(kahuna, "PUT", f"/kylo/{share.id}", {"access": "RO"})
+    assert got == 502 and "ganesha: 404" in answer["reason"], answer
+    assert kowabunga.KyloApi(admin).read_kylo(share.id).access == "RW"
+    got, _ = http(kahuna, "PUT", f"/kylo/{share.id}", {"description": "no export change"})
+    assert got == 200  # nothing the export carries changed: no agent call
+    failing.stop()
+    failing.wait_disconnected()
+    world["kaktus"] = sims.kaktus(kahuna, world["kaktus"].agent, sim={"fileSystems": ["nfs"]}).wait_connected()
+    kowabunga.KyloApi(admin).delete_kylo(share.id)
