@@ -59,3 +59,36 @@ def _try_create(kahuna, world):
                     {"name": "orphan", "type": "os", "size": 4 * GiB})
     except Exception as exc:  # the server died under the request
         return exc
+
+
+def test_sigkill_during_a_kompute_create_is_recovered_at_restart(kahuna, world):
+    """Killed while CreateInstance runs (volumes, instance document and ISO already made)."""
+    k = world["kaktus"]
+    k.faults.delay("CreateInstance", 1.0, times=1)
+    answers = []
+    request = threading.Thread(target=lambda: answers.append(_try(kahuna, "POST",
+        f"/project/{world['project']}/zone/{world['zone']}/kompute",
+        {"name": "crash1", "memory": GiB, "vcpus": 1, "disk": 4 * GiB, "data_disk": GiB})))
+    request.start()
+    wait_for(lambda: k.image("ssd", "crash1-cloudinit") is not None, "the flow to reach the ISO")
+    time.sleep(0.3)  # CreateInstance in flight
+    kahuna.proc.send_signal(signal.SIGKILL)
+    kahuna.proc.wait(10)
+    request.join(30)
+    assert _count(kahuna, "kompute") == 1 and _count(kahuna, "instance") == 1 and _count(kahuna, "flow") == 1
+    assert {"crash1-os", "crash1-data", "crash1-cloudinit"} <= set(k.images("ssd"))
+    kahuna.start()
+    k.start(f"ws://127.0.0.1:{kahuna.hub_port}/ws")
+    wait_for(lambda: _count(kahuna, "flow") == 0, "the restarted Kahuna to recover the flow", timeout=20)
+    assert set(k.images("ssd")) <= {"noble"} and k.domain("crash1") is None
+    for collection in ("kompute", "instance", "volume"):
+        assert _count(kahuna, collection) == 0, collection
+    status, usage = http(kahuna, "GET", f"/project/{world['project']}/usage")
+    assert usage == {"vcpus": 0, "memory": 0, "storage": 0, "instances": 0}
+
+
+def _try(kahuna, method, path, body):
+    try:
+        return http(kahuna, method, path, body)
+    except Exception as exc:
+        return exc
