@@ -38,7 +38,14 @@ the one place hypercorn 0.18 names the class.
 
 from __future__ import annotations
 
+import json
+from http import HTTPStatus
+from itertools import chain
+
+import h11
 import trio
+from hypercorn import protocol as hypercorn_protocol
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import run as hypercorn_trio_run
 from hypercorn.trio.tcp_server import TCPServer
 
@@ -108,10 +115,30 @@ class _ClosingTCPServer(TCPServer):
                 await self.idle_task.stop()
 
 
+class _JsonErrorH11Protocol(H11Protocol):
+    """Errors hypercorn writes itself, before any routing (bad or duplicate Content-Length,
+    oversized headers, missing Host, a request line h11 cannot parse): the same JSON
+    `{status, error, reason}` as every API error instead of an empty body."""
+
+    async def _send_error_response(self, status_code: int) -> None:
+        phrase = HTTPStatus(status_code).phrase
+        body = json.dumps({"status": status_code, "error": phrase,
+                           "reason": "malformed HTTP request (refused by the HTTP server)"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        await self._send_h11_event(h11.Response(
+            status_code=status_code, headers=list(chain(headers, self.config.response_headers("h11")))))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
+
 def guard(app):
-    """Wrap an ASGI app (HTTP scopes only; lifespan and websocket pass through untouched)."""
+    """Wrap an ASGI app (HTTP scopes only; lifespan and websocket pass through untouched), and
+    install the two hypercorn fixes above where hypercorn 0.18 names the classes."""
     if hypercorn_trio_run.TCPServer is TCPServer:
         hypercorn_trio_run.TCPServer = _ClosingTCPServer
+    if hypercorn_protocol.H11Protocol is H11Protocol:
+        hypercorn_protocol.H11Protocol = _JsonErrorH11Protocol
 
     async def guarded(scope, receive, send):
         if scope["type"] != "http":

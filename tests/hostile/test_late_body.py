@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.hostile.rawhttp import connect, read_response
+from tests.hostile.rawhttp import connect, json_of, read_response
 
 CASES = [("POST", "/healthz", 405), ("GET", "/healthz", 200), ("POST", "/api/v1/no-such-thing", 404),
          ("DELETE", "/healthz", 405), ("PUT", "/nope", 404)]
@@ -96,5 +96,26 @@ def test_descriptors_stay_flat_under_late_body_loop(kahuna, record_property):
     try:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(s)[0] == 200
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+])
+def test_server_level_errors_are_json(kahuna, raw):
+    s = connect(kahuna.http_port)
+    try:
+        s.sendall(raw)
+        status, headers, body = read_response(s)
+        assert 400 <= status < 500
+        answer = json_of(body)
+        assert answer["status"] == status and answer["reason"]
+        assert headers["content-type"] == "application/json"
     finally:
         s.close()
