@@ -127,7 +127,7 @@ class KomputeEffects:
         now = utcnow()
         return {"_id": new_id(), "schema_version": 2, "created_at": now, "updated_at": now,
                 "project_id": kompute["project_id"], "region_id": kompute["region_id"],
-                "pool_id": pool["_id"], "name": name, "description": "", "type": vtype, "size": size,
+                "storage_pool_id": pool["_id"], "name": name, "description": "", "type": vtype, "size": size,
                 "image": name, "template_id": template_id, "instance_id": ""}
 
     async def place(self, res, kompute: Doc, zone: Doc) -> Doc:
@@ -204,7 +204,7 @@ class KomputeEffects:
                 volumes.append(await res.get("volume", vid))
             except NotFoundError:
                 pass
-        pool = await res.get("pool", volumes[0]["pool_id"]) if volumes else None
+        pool = await res.get("pool", volumes[0]["storage_pool_id"]) if volumes else None
         if pool is not None:
             await delete_image(self.volumes, pool, instance.get("iso_volume") or f"{instance['name']}-cloudinit")
         for vol in volumes:

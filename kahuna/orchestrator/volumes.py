@@ -55,7 +55,7 @@ class VolumeEffects:
         await quota.reserve(res, doc["project_id"], storage=size)
         await flow.record("quota", undo="project.usage",
                           data={"project_id": doc["project_id"], "delta": {"storage": size}})
-        pool = await res.get("pool", doc["pool_id"])
+        pool = await res.get("pool", doc["storage_pool_id"])
         params = {"Pool": pool["libvirt_pool"], "Volume": doc["image"], "Size": size}
         method = "CreateRawVolume"
         if doc["type"] == "os":
@@ -68,7 +68,7 @@ class VolumeEffects:
     async def resize(self, res, doc: Doc, delta: int) -> None:
         await quota.reserve(res, doc["project_id"], storage=delta)
         try:
-            pool = await res.get("pool", doc["pool_id"])
+            pool = await res.get("pool", doc["storage_pool_id"])
             await self.call(pool, "ResizeVolume", {"Pool": pool["libvirt_pool"], "Volume": doc["image"],
                                                     "Size": int(doc["size"])})
         except BaseException:
@@ -77,7 +77,7 @@ class VolumeEffects:
 
     async def delete_image(self, res, doc: Doc) -> None:
         try:
-            pool = await res.get("pool", doc["pool_id"])
+            pool = await res.get("pool", doc["storage_pool_id"])
         except NotFoundError:
             return
         await delete_image(self, pool, doc.get("image") or doc["name"])

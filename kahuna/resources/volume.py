@@ -1,6 +1,6 @@
 """Project volumes (collection `volume`): owned by a project, located in a region, on a pool.
 
-Document: `project_id`, `region_id`, `pool_id`, `name`, `description`, `type` raw|os|iso|template,
+Document: `project_id`, `region_id`, `storage_pool_id`, `name`, `description`, `type` raw|os|iso|template,
 `size` (bytes), `image` (the RBD image name, fixed at creation: a rename keeps it, unlike upstream
 whose rename broke every later RPC), `template_id` (os volumes), `instance_id` ("" = free).
 
@@ -61,7 +61,7 @@ async def _pool_and_template(res, doc: Doc, query: Any) -> tuple[Doc, Doc | None
 
 async def image_name(res, pool_id: str, name: str, doc_id: str) -> str:
     """The RBD image: the volume's name, unless another volume of the pool already has it."""
-    taken = await res.count("volume", pool_id=pool_id, image=name)
+    taken = await res.count("volume", storage_pool_id=pool_id, image=name)
     return name if not taken else f"{name}-{doc_id[-8:]}"
 
 
@@ -71,7 +71,7 @@ async def _before_create(res, doc: Doc, query: Any = None, **_: Any) -> None:
     if "region_id" not in doc:
         raise Invalid("a volume lives in a region")
     pool, template = await _pool_and_template(res, doc, query)
-    doc["pool_id"] = pool["_id"]
+    doc["storage_pool_id"] = pool["_id"]
     doc["template_id"] = template["_id"] if template else ""
     doc["instance_id"] = ""
     doc["image"] = await image_name(res, pool["_id"], doc["name"], doc["_id"])
@@ -113,7 +113,7 @@ VOLUME = register(Kind(
     owner=Parent("project", "project_id"),
     locations=(Parent("region", "region_id"),),
     indexed=("instance_id",),
-    references=(Parent("pool", "pool_id"), Parent("template", "template_id")),
+    references=(Parent("pool", "storage_pool_id"), Parent("template", "template_id")),
     access=TENANT,
     routes=frozenset({"list", "create", "read", "update", "delete", "children"}),
     hooks=Hooks(before_create=_before_create, after_create=_after_create,

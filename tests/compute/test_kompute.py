@@ -45,6 +45,7 @@ def test_kompute_from_zero_and_back(kahuna, world, admin):
         assert projects.list_project_zone_komputes(world["project"], world["zone"]) == [vm.id]
         assert komputes.read_kompute(vm.id).name == "web1"
         assert kowabunga.InstanceApi(member).list_instances() == [doc["instance_id"]]
+        assert kowabunga.KaktusApi(admin).list_kaktus_instances(world["kaktus_id"]) == [doc["instance_id"]]
         assert komputes.delete_kompute(vm.id) is None
     assert _images(k) == set() and k.domain("web1") is None
     assert http(kahuna, "GET", "/instance")[1] == [] and http(kahuna, "GET", "/volume")[1] == []

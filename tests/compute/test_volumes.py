@@ -38,11 +38,12 @@ def test_raw_and_os_volumes_life_cycle(kahuna, world, admin):
         assert k.image("ssd", "root1")["kind"] == "os" and k.image("ssd", "root1")["parent"]
         doc = stored(kahuna, "volume", os_vol.id)
         assert doc["project_id"] == world["project"] and doc["region_id"] == world["region"]
-        assert doc["pool_id"] == world["pool"] and doc["template_id"] == world["template"]
+        assert doc["storage_pool_id"] == world["pool"] and doc["template_id"] == world["template"]
         assert doc["image"] == "root1" and doc["instance_id"] == ""
         assert _usage(admin, world) == 12 * GiB
         here = projects.list_project_region_volumes(world["project"], world["region"])
         assert set(here) == {raw.id, os_vol.id} and set(volumes.list_volumes()) == {raw.id, os_vol.id}
+        assert set(http(kahuna, "GET", f"/pool/{world['pool']}/volumes")[1]) == {raw.id, os_vol.id}
         # rename keeps the RBD image; grow resizes it; shrink is refused
         grown = volumes.update_volume(raw.id, kowabunga.VolumeUpdate(name="data2", size=3 * GiB))
         assert (grown.name, grown.size) == ("data2", 3 * GiB)
