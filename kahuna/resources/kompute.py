@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from kahuna.orchestrator.komputes import KomputeEffects
-from kahuna.resources.errors import Invalid
+from kahuna.resources.errors import Invalid, Missing
 from kahuna.resources.kind import Access, Hooks, Kind, Parent, base_fields, register
 from kahuna.resources.types import Bool, Field, Int, ListOf, Str
 
@@ -65,6 +65,24 @@ async def _after_create(res, doc: Doc, **_: Any) -> None:
     await _effects(res).create(res, doc)
 
 
+async def _before_update(res, old: Doc, new: Doc, **_: Any) -> None:
+    """The name names the images and the domain: it stays. Disks only grow (422); a data disk
+    is not added after creation (upstream never creates it later)."""
+    if new["name"] != old["name"]:
+        raise Invalid("name: a Kompute keeps its name (its volumes and domain are named after it)")
+    if int(new["disk"]) < int(old["disk"]):
+        raise Missing(f"disk: never shrinks ({new['disk']} < {old['disk']} bytes)")
+    old_data, new_data = int(old.get("data_disk") or 0), int(new.get("data_disk") or 0)
+    if new_data < old_data:
+        raise Missing(f"data_disk: never shrinks ({new_data} < {old_data} bytes)")
+    if new_data and not old_data:
+        raise Missing("data_disk: a data disk cannot be added after creation")
+
+
+async def _after_update(res, old: Doc, new: Doc, **_: Any) -> None:
+    await _effects(res).update(res, old, new)
+
+
 async def _before_delete(res, doc: Doc, **_: Any) -> None:
     await _effects(res).delete(res, doc)
 
@@ -85,6 +103,7 @@ KOMPUTE = register(Kind(
     locations=(Parent("zone", "zone_id"),),
     indexed=("instance_id",),
     access=TENANT,
-    routes=frozenset({"list", "create", "read", "delete", "children"}),
-    hooks=Hooks(before_create=_before_create, after_create=_after_create, before_delete=_before_delete),
+    routes=frozenset({"list", "create", "read", "update", "delete", "children"}),
+    hooks=Hooks(before_create=_before_create, after_create=_after_create, before_update=_before_update,
+                after_update=_after_update, before_delete=_before_delete),
 ))

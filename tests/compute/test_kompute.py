@@ -74,3 +74,28 @@ def test_quota_refuses_a_kompute_with_507(kahuna, world):
                       {"name": "big", "memory": GiB, "vcpus": 1, "disk": 39 * GiB, "data_disk": 2 * GiB})
     assert code == 507 and "storage" in body["reason"]
     assert _images(world["kaktus"]) == set() and http(kahuna, "GET", "/kompute")[1] == []
+
+
+def test_kompute_update_grows_disks_and_cpu_ram(kahuna, world, admin):
+    k = world["kaktus"]
+    with make_client(kahuna, api_key=None, token=world["member"]) as member:
+        komputes = kowabunga.KomputeApi(member)
+        vm = kowabunga.ProjectApi(member).create_project_zone_kompute(world["project"], world["zone"], kowabunga.Kompute(
+            name="up1", memory=GiB, vcpus=1, disk=4 * GiB, data_disk=GiB))
+        boots = k.domain("up1")["boots"]
+        out = komputes.update_kompute(vm.id, kowabunga.KomputeUpdate(vcpus=2, memory=2 * GiB, disk=6 * GiB,
+                                                                     data_disk=2 * GiB))
+        assert (out.vcpus, out.memory, out.disk, out.data_disk) == (2, 2 * GiB, 6 * GiB, 2 * GiB)
+        assert k.image("ssd", "up1-os")["size"] == 6 * GiB and k.image("ssd", "up1-data")["size"] == 2 * GiB
+        domain = k.domain("up1")
+        assert (domain["vcpus"], domain["memory"], domain["state"]) == (2, 2 * GiB, "Running")
+        assert domain["boots"] > boots  # rebooted to take the new CPU/RAM
+        usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+        assert (usage.vcpus, usage.memory, usage.storage) == (2, 2 * GiB, 8 * GiB)
+        for bad in (kowabunga.KomputeUpdate(disk=GiB), kowabunga.KomputeUpdate(name="other")):
+            with pytest.raises(ApiException) as err:
+                komputes.update_kompute(vm.id, bad)
+            assert err.value.status in (400, 422)
+        komputes.delete_kompute(vm.id)
+    usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+    assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (0, 0, 0, 0)
