@@ -213,3 +213,45 @@ class HandshakeVerifier:
         if fresh is None:
             return Refusal(503, "nonce_cache_full", b"busy, retry later\n")
         return Identity(agent_id, agent_type, cred, "hmac")
+
+
+MAX_PENDING_HANDSHAKES = 512
+MAX_PENDING_PER_ADDRESS = 16
+
+
+class HandshakeSlots:
+    """Bounds concurrent unfinished handshakes, in total and per source address, so a slowloris
+    of half-open upgrades cannot take the descriptors good agents and the REST listener need
+    (each handshake also holds ~17 KiB until it ends). Loopback and trusted-proxy addresses are
+    only counted in the total: behind Caddy every agent comes from the proxy."""
+
+    def __init__(self, total: int = MAX_PENDING_HANDSHAKES, per_address: int = MAX_PENDING_PER_ADDRESS,
+                 exempt: Iterable[str] = ()) -> None:
+        self.total, self.per_address = total, per_address
+        self.exempt = frozenset(exempt)
+        self.pending = 0
+        self._by_address: dict[str, int] = {}
+
+    def acquire(self, address: str) -> bool:
+        if self.pending >= self.total:
+            return False
+        counted = address not in self.exempt and not address.startswith(("127.", "::1", "::ffff:127."))
+        if counted and self._by_address.get(address, 0) >= self.per_address:
+            return False
+        self.pending += 1
+        if counted:
+            self._by_address[address] = self._by_address.get(address, 0) + 1
+        return True
+
+    @property
+    def tracked_addresses(self) -> int:
+        return len(self._by_address)
+
+    def release(self, address: str) -> None:
+        self.pending -= 1
+        n = self._by_address.get(address)
+        if n is not None:
+            if n <= 1:
+                del self._by_address[address]  # no high-water mark left behind
+            else:
+                self._by_address[address] = n - 1

@@ -32,7 +32,7 @@ from kahuna.logs import get_logger
 
 from .credentials import AGENT_TYPES, CredentialSource
 from .errors import AgentNotConnected, NoEligibleAgent
-from .handshake import HandshakeVerifier, Refusal
+from .handshake import HandshakeSlots, HandshakeVerifier, Refusal
 from .registry import Registry
 from .session import CLOSE_CREDENTIALS, CLOSE_GOING_AWAY, CLOSE_REPLACED, Session
 from .settings import HubSettings
@@ -141,6 +141,7 @@ class Hub:
         self.address: tuple[str, int] | None = None
         # admission hook (kahuna.ha): False refuses agents with 503 before the upgrade
         self.admission: Callable[[], bool] | None = None
+        self._handshake_slots = HandshakeSlots(exempt=self.settings.trusted_proxies)
 
     # ================================================================= public API
 
@@ -474,8 +475,20 @@ class Hub:
         stats = self.stats
         stats.connections += 1
         try:
+            try:
+                peer = stream.socket.getpeername()[0]
+            except OSError:
+                return
+            if not self._handshake_slots.acquire(peer):  # unfinished handshakes are bounded
+                stats.reject("too_many_handshakes")
+                with trio.move_on_after(1):
+                    await stream.send_all(_BUSY_RESPONSE)
+                return
             async with trio.open_nursery() as nursery:
-                session = await self._handshake(nursery, stream)
+                try:
+                    session = await self._handshake(nursery, stream)
+                finally:
+                    self._handshake_slots.release(peer)
                 if session is not None:
                     self._live.add(session)
                     stats.sessions += 1

@@ -34,7 +34,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from kahuna.logs import get_logger
 
 from .codec import FrameError, decode_reply, encode_request
-from .errors import AgentDisconnected, AgentError, CallTimeout, HubError, MalformedReply
+from .errors import AgentDisconnected, AgentError, AgentUnavailable, CallTimeout, HubError, MalformedReply
 from .handshake import Identity
 from .pending import PendingCalls, Resolution
 
@@ -376,6 +376,11 @@ class Session:
     async def _run_hook(self, hook: Callable[[str], Awaitable[Any]]) -> None:
         try:
             await hook(self.agent_id)
+        except AgentUnavailable as exc:
+            # the agent went away while its hook ran: an ordinary event, not an error
+            self.hub.stats.hook_failures += 1
+            log.warning("agent left during its connect hook", **self._fields(),
+                        hook=getattr(hook, "__qualname__", repr(hook)), error=str(exc))
         except Exception:
             self.hub.stats.hook_failures += 1
             log.exception("agent connect hook failed", **self._fields(),
