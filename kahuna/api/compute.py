@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from kahuna.api.routes import RouteTable, json_response, target_doc
 from kahuna.orchestrator.agent_calls import AgentCalls
+from kahuna.orchestrator.komputes import set_membership
+from kahuna.resources.views import present
 from kahuna.resources.errors import DomainError, Missing, NotFoundError
 
 ACTIONS = {"start": 1, "reboot": 2, "reset": 3, "stop": 4, "shutdown": 5, "suspend": 6, "resume": 7}
@@ -74,3 +76,36 @@ def install(table: RouteTable, *, resources) -> None:
         return json_response({"url": str(reply.get("URL", ""))})
 
     table.add("/instance/{instanceId}/connect", "GET", "project", connect, name="read_instance_remote_connection")
+
+    # Kwarantine membership: the member must be of the group's project (else 404)
+    def membership(kind: str, param: str, field: str) -> None:
+        async def member_doc(params) -> dict:
+            group = target_doc()
+            try:
+                doc = await res.get(kind, params[param])
+            except NotFoundError:
+                doc = None
+            if doc is None or doc.get("project_id") != group.get("project_id"):
+                raise NotFoundError(f"{kind} {params[param]} not found")
+            return doc
+
+        async def add(principal, **params):
+            doc = await member_doc(params)
+            group = await set_membership(res, target_doc()["_id"], field, doc["_id"], True)
+            await res.set_fields(kind, doc["_id"], {"kwarantine_ids": sorted(
+                set(doc.get("kwarantine_ids") or ()) | {group["_id"]})})
+            return json_response(present("kwarantine", group))
+
+        async def remove(principal, **params):
+            doc = await member_doc(params)
+            await set_membership(res, target_doc()["_id"], field, doc["_id"], False)
+            await res.set_fields(kind, doc["_id"], {"kwarantine_ids": [
+                k for k in doc.get("kwarantine_ids") or () if k != target_doc()["_id"]]})
+            return json_response(None)
+
+        path = f"/kwarantine/{{kwarantineId}}/{kind}/{{{param}}}"
+        table.add(path, "PUT", "project", add, name=f"add_kwarantine_{kind}", target="kwarantineId")
+        table.add(path, "DELETE", "project", remove, name=f"remove_kwarantine_{kind}", target="kwarantineId")
+
+    membership("instance", "instanceId", "instance_ids")
+    membership("kompute", "komputeId", "kompute_ids")

@@ -101,6 +101,23 @@ def _install_tenant(table: RouteTable, res: Resources, kind: Kind) -> None:
     .../<plural> (list, filtered by owner AND location — upstream answers every document there,
     a quirk we do not keep). The guard checks the project (members of its teams; others 404)."""
     owner = get_kind(kind.owner.kind)
+    if not kind.locations:  # owned, not located (a project's Kwarantine groups)
+        async def create_owned(principal, **params):
+            doc = await res.create(kind, await json_body(), owner_id=params[owner.id_param],
+                                   principal=principal, query=request.args)
+            return json_response(present(kind, doc), 201)
+
+        async def list_owned(principal, **params):
+            docs = await res.list(kind, **{kind.owner.field: params[owner.id_param]})
+            return json_response([d["_id"] for d in docs])
+
+        under = f"/{owner.name}/{{{owner.id_param}}}"
+        if "create" in kind.routes:
+            table.add(f"{under}/{kind.name}", "POST", kind.access.create, create_owned,
+                      name=f"create_{owner.name}_{kind.name}", target=owner.id_param)
+        if "children" in kind.routes:
+            table.add(f"{under}/{kind.plural}", "GET", kind.access.read, list_owned,
+                      name=f"list_{owner.name}_{kind.plural}", target=owner.id_param)
     for link in kind.locations:
         where = get_kind(link.kind)
         under = f"/{owner.name}/{{{owner.id_param}}}/{where.name}/{{{where.id_param}}}"

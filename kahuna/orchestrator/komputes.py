@@ -99,6 +99,7 @@ class KomputeEffects:
         await res.store.update_fields("kompute", kompute["_id"], {"instance_id": instance_id, "ip": ""})
         kompute["instance_id"], kompute["ip"] = instance_id, ""
         await self._kaktus_usage(res, kaktus["_id"], vcpus, memory, 1)
+        await join_kwarantines(res, kompute)
         log.info("kompute created", kompute=kompute["_id"], instance=instance_id, kaktus=kaktus["_id"])
 
     async def _pool_and_template(self, res, kompute: Doc, region: Doc) -> tuple[Doc, Doc]:
@@ -141,7 +142,8 @@ class KomputeEffects:
                 k, zone_name=zone.get("name", ""), connected=bool(methods), methods=methods, instance_names=names))
             by_id[k["_id"]] = k
         request = placement.PlacementRequest(name=kompute["name"], vcpus=int(kompute["vcpus"]),
-                                             memory=int(kompute["memory"]), scope=f"zone {zone.get('name')}")
+                                             memory=int(kompute["memory"]), scope=f"zone {zone.get('name')}",
+                                             kwarantines=tuple(await kwarantines_of(res, kompute)))
         return by_id[placement.choose_host(request, candidates).id]
 
     def cloudinit_files(self, res, project: Doc, region: Doc, zone: Doc, instance: Doc, template: Doc) -> dict:
@@ -254,9 +256,59 @@ class KomputeEffects:
             await _drop(res, "volume", vol["_id"])
             await quota.release(res, vol["project_id"], storage=int(vol["size"]))
         await _drop(res, "instance", instance["_id"])
+        for kid in kompute.get("kwarantine_ids") or ():
+            await set_membership(res, kid, "kompute_ids", kompute["_id"], False)
         await quota.release(res, kompute["project_id"], instances=1, vcpus=int(instance["vcpus"]),
                             memory=int(instance["memory"]))
         await self._kaktus_usage(res, instance["kaktus_id"], -int(instance["vcpus"]), -int(instance["memory"]), -1)
+
+
+async def kwarantines_of(res, kompute: Doc) -> list:
+    """The anti-affinity groups the new Kompute joins (unknown ids or other projects' ignored,
+    upstream), with the Kaktus and zones of their other members."""
+    out = []
+    for kid in kompute.get("kwarantine_ids") or ():
+        try:
+            group = await res.get("kwarantine", kid)
+        except NotFoundError:
+            continue
+        if group.get("project_id") != kompute["project_id"]:
+            continue
+        instance_ids = list(group.get("instance_ids") or ())
+        for member in group.get("kompute_ids") or ():
+            try:
+                instance_ids.append((await res.get("kompute", member)).get("instance_id"))
+            except NotFoundError:
+                pass
+        hosts, zones = set(), set()
+        for iid in instance_ids:
+            try:
+                inst = await res.get("instance", iid or "")
+            except NotFoundError:
+                continue
+            hosts.add(inst["kaktus_id"])
+            zones.add(inst["zone_id"])
+        out.append(placement.Kwarantine(name=group["name"], policy=group.get("policy", "host"),
+                                        hosts=frozenset(hosts), zones=frozenset(zones)))
+    return out
+
+
+async def join_kwarantines(res, kompute: Doc) -> None:
+    for kid in kompute.get("kwarantine_ids") or ():
+        await set_membership(res, kid, "kompute_ids", kompute["_id"], True, project_id=kompute["project_id"])
+
+
+async def set_membership(res, kwarantine_id: str, field: str, member_id: str, present: bool,
+                         project_id: str | None = None) -> Doc | None:
+    async with res.locks.hold(("kwarantine", kwarantine_id)):
+        try:
+            group = await res.get("kwarantine", kwarantine_id)
+        except NotFoundError:
+            return None
+        if project_id is not None and group.get("project_id") != project_id:
+            return None
+        members = [m for m in group.get(field) or () if m != member_id] + ([member_id] if present else [])
+        return await res.set_fields("kwarantine", kwarantine_id, {field: members})
 
 
 async def delete_domain(calls: AgentCalls, res, kaktus_id: str, name: str) -> None:
