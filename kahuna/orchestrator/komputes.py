@@ -55,15 +55,21 @@ class KomputeEffects:
     async def _create(self, res, kompute: Doc, flow: Flow) -> None:
         await flow.record("document", undo="store.delete", data={"collection": "kompute", "id": kompute["_id"]})
         project = await res.get("project", kompute["project_id"])
-        zone = await res.get("zone", kompute["zone_id"])
         region = await res.get("region", kompute["region_id"])
+        zones = [await res.get("zone", kompute["zone_id"])] if kompute.get("zone_id") else \
+            await res.list("zone", region["_id"])
         pool, template = await self._pool_and_template(res, kompute, region)
         vcpus, memory = int(kompute["vcpus"]), int(kompute["memory"])
         disk, data_disk = int(kompute["disk"]), int(kompute.get("data_disk") or 0)
         delta = {"instances": 1, "vcpus": vcpus, "memory": memory}
         await quota.reserve(res, project["_id"], **delta)
         await flow.record("quota", undo="project.usage", data={"project_id": project["_id"], "delta": delta})
-        kaktus = await self.place(res, kompute, zone)
+        kaktus = await self.place(res, kompute, zones, scope=f"region {region.get('name')}"
+                                  if not kompute.get("zone_id") else "")
+        zone = next(z for z in zones if z["_id"] == kaktus["zone_id"])
+        if kompute.get("zone_id") != zone["_id"]:
+            kompute["zone_id"] = zone["_id"]
+            await res.store.update_fields("kompute", kompute["_id"], {"zone_id": zone["_id"]})
         name = kompute["name"]
         volumes = [self._volume_doc(kompute, pool, f"{name}-os", "os", disk, template["_id"])]
         if data_disk:
@@ -131,18 +137,21 @@ class KomputeEffects:
                 "storage_pool_id": pool["_id"], "name": name, "description": "", "type": vtype, "size": size,
                 "image": name, "template_id": template_id, "instance_id": ""}
 
-    async def place(self, res, kompute: Doc, zone: Doc) -> Doc:
-        kaktuses = await res.list("kaktus", zone["_id"])
+    async def place(self, res, kompute: Doc, zones: list[Doc], scope: str = "") -> Doc:
+        names = {z["_id"]: z.get("name", "") for z in zones}
+        kaktuses = [k for z in zones for k in await res.list("kaktus", z["_id"])]
         candidates, by_id = [], {}
         for k in kaktuses:
             agents = k.get("agent_ids") or ()
             methods = {m for m in placement.DEFAULT_METHODS if self.calls.eligible(agents, m)}
-            names = [i["name"] for i in await res.list("instance", kaktus_id=k["_id"])]
+            here = [i["name"] for i in await res.list("instance", kaktus_id=k["_id"])]
             candidates.append(placement.candidate_from_kaktus(
-                k, zone_name=zone.get("name", ""), connected=bool(methods), methods=methods, instance_names=names))
+                k, zone_name=names.get(k.get("zone_id"), ""), connected=bool(methods), methods=methods,
+                instance_names=here))
             by_id[k["_id"]] = k
         request = placement.PlacementRequest(name=kompute["name"], vcpus=int(kompute["vcpus"]),
-                                             memory=int(kompute["memory"]), scope=f"zone {zone.get('name')}",
+                                             memory=int(kompute["memory"]),
+                                             scope=scope or f"zone {zones[0].get('name') if zones else ''}",
                                              kwarantines=tuple(await kwarantines_of(res, kompute)))
         return by_id[placement.choose_host(request, candidates).id]
 

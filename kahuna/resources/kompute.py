@@ -41,7 +41,7 @@ INSTANCE = register(Kind(
     locations=(Parent("zone", "zone_id"),),
     indexed=("kaktus_id",),
     access=TENANT,
-    routes=frozenset({"list", "read"}),
+    routes=frozenset({"list", "read", "children"}),
 ))
 
 
@@ -50,10 +50,11 @@ def _effects(res) -> KomputeEffects:
 
 
 async def _before_create(res, doc: Doc, query: Any = None, **_: Any) -> None:
-    if "zone_id" not in doc:
-        raise Invalid("region-level Kompute creation is not served yet: use /project/{p}/zone/{z}/kompute")
-    zone = await res.get("zone", doc["zone_id"])
-    doc["region_id"] = zone["region_id"]
+    if "zone_id" in doc:
+        zone = await res.get("zone", doc["zone_id"])
+        doc["region_id"] = zone["region_id"]
+    else:  # region level: placement picks the zone (kahuna.orchestrator.komputes)
+        doc["zone_id"] = ""
     doc["instance_id"] = ""
     raw = (query.get("public") if query is not None else None) or "false"
     doc["public"] = raw.lower() in ("true", "1")
@@ -100,7 +101,7 @@ KOMPUTE = register(Kind(
         Field("kwarantines", ListOf(item=Str(max_len=64), max_items=64), default=list, db="kwarantine_ids"),
     ),
     owner=Parent("project", "project_id"),
-    locations=(Parent("zone", "zone_id"),),
+    locations=(Parent("zone", "zone_id"), Parent("region", "region_id")),
     indexed=("instance_id",),
     access=TENANT,
     routes=frozenset({"list", "create", "read", "update", "delete", "children"}),

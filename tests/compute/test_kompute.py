@@ -99,3 +99,18 @@ def test_kompute_update_grows_disks_and_cpu_ram(kahuna, world, admin):
         komputes.delete_kompute(vm.id)
     usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
     assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (0, 0, 0, 0)
+
+
+def test_region_level_kompute_is_placed_in_a_zone(kahuna, world):
+    with make_client(kahuna, api_key=None, token=world["member"]) as member:
+        projects = kowabunga.ProjectApi(member)
+        vm = projects.create_project_region_kompute(world["project"], world["region"], kowabunga.Kompute(
+            name="rg1", memory=GiB, vcpus=1, disk=4 * GiB))
+        doc = stored(kahuna, "kompute", vm.id)
+        assert doc["zone_id"] == world["zone"] and doc["region_id"] == world["region"]
+        assert projects.list_project_region_komputes(world["project"], world["region"]) == [vm.id]
+        assert projects.list_project_zone_komputes(world["project"], world["zone"]) == [vm.id]
+        assert projects.list_project_zone_instances(world["project"], world["zone"]) == [doc["instance_id"]]
+        assert world["kaktus"].domain("rg1")["state"] == "Running"
+        kowabunga.KomputeApi(member).delete_kompute(vm.id)
+    assert world["kaktus"].domain("rg1") is None
