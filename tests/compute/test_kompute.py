@@ -114,3 +114,19 @@ def test_region_level_kompute_is_placed_in_a_zone(kahuna, world):
         assert world["kaktus"].domain("rg1")["state"] == "Running"
         kowabunga.KomputeApi(member).delete_kompute(vm.id)
     assert world["kaktus"].domain("rg1") is None
+
+
+def test_a_kaktus_in_maintenance_gets_no_new_kompute(kahuna, world, admin):
+    kaktuses = kowabunga.KaktusApi(admin)
+    assert kaktuses.enable_kaktus_maintenance(world["kaktus_id"]) is None
+    try:
+        code, body = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
+                          {"name": "mt1", "memory": GiB, "vcpus": 1, "disk": 4 * GiB})
+        assert code == 503 and "maintenance" in body["reason"], body
+        assert _images(world["kaktus"]) == set() and http(kahuna, "GET", "/kompute")[1] == []
+    finally:
+        kaktuses.disable_kaktus_maintenance(world["kaktus_id"])
+    code, body = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
+                      {"name": "mt1", "memory": GiB, "vcpus": 1, "disk": 4 * GiB})
+    assert code == 201
+    assert http(kahuna, "DELETE", f"/kompute/{body['id']}")[0] == 200
