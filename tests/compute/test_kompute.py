@@ -130,3 +130,24 @@ def test_a_kaktus_in_maintenance_gets_no_new_kompute(kahuna, world, admin):
                       {"name": "mt1", "memory": GiB, "vcpus": 1, "disk": 4 * GiB})
     assert code == 201
     assert http(kahuna, "DELETE", f"/kompute/{body['id']}")[0] == 200
+
+
+def test_parallel_komputes_never_exceed_the_quota_and_usage_stays_exact(kahuna, world, admin):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(i):
+        return http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
+                    {"name": f"par{i}", "memory": GiB, "vcpus": 1, "disk": 8 * GiB})
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(create, range(6)))
+    made = [b["id"] for s, b in results if s == 201]
+    assert len(made) == 5 and [s for s, _ in results if s != 201] == [507], results
+    usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+    assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (5, 5, 5 * GiB, 40 * GiB)
+    assert len(world["kaktus"].domains()) == 5
+    with ThreadPoolExecutor(5) as pool:
+        assert all(s == 200 for s, _ in pool.map(lambda i: http(kahuna, "DELETE", f"/kompute/{i}"), made))
+    usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+    assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (0, 0, 0, 0)
+    assert _images(world["kaktus"]) == set() and not world["kaktus"].domains()
