@@ -96,6 +96,16 @@ def _release_handshake(ws: Any) -> None:
         proto.handshake = _SPENT
 
 
+def _request_http_version(request: Any) -> bytes | None:
+    """The HTTP version of an upgrade request (b"1.1"), read from h11's parser inside wsproto's
+    handshake (private attributes of the pinned trio-websocket 0.12 / wsproto 1.3, like
+    `_release_handshake`; None when their layout changes, and tests/hub/test_http_version.py
+    notices). RFC 6455 §4.1 requires HTTP/1.1 or later for the upgrade."""
+    proto = getattr(getattr(request, "_connection", None), "_wsproto", None)
+    h11_connection = getattr(getattr(proto, "handshake", None), "_h11_connection", None)
+    return getattr(h11_connection, "their_http_version", None)
+
+
 class _OfflineRecord:
     __slots__ = ("agent_type", "version", "methods", "connected_since", "last_seen",
                  "remote_address", "disconnected_at")
@@ -444,6 +454,10 @@ class Hub:
                     nursery, stream, message_queue_size=settings.message_queue_size,
                     max_message_size=settings.max_message_size,
                     receive_buffer_size=settings.receive_buffer_size)
+                if _request_http_version(request) == b"1.0":
+                    stats.reject("http_1_0")
+                    await request.reject(400, body=b"a WebSocket upgrade needs HTTP/1.1 (RFC 6455)\n")
+                    return None
                 if self.admission is not None and not self.admission():
                     stats.reject("standby")
                     await request.reject(503, body=b"standby: this Kahuna is not the active node\n")
