@@ -24,9 +24,9 @@ from kahuna.orchestrator.agent_calls import AgentCalls
 from kahuna.orchestrator.flows import Flow, register_undo
 from kahuna.orchestrator.volumes import VolumeEffects, delete_image
 from kahuna.resources import quota
-from kahuna.resources.errors import DomainError, Invalid, Missing, NotFoundError
-from kahuna.resources.kind import doc_value
+from kahuna.resources.errors import DomainError, NotFoundError
 from kahuna.resources.service import utcnow
+from kahuna.resources.volume import pool_and_template
 from kahuna.store import errors as store_errors
 from kahuna.store.base import new_id
 
@@ -58,7 +58,8 @@ class KomputeEffects:
         region = await res.get("region", kompute["region_id"])
         zones = [await res.get("zone", kompute["zone_id"])] if kompute.get("zone_id") else \
             await res.list("zone", region["_id"])
-        pool, template = await self._pool_and_template(res, kompute, region)
+        pool, template = await pool_and_template(res, region, kompute.get("pool_id") or "",
+                                                 kompute.get("template_id") or "")
         vcpus, memory = int(kompute["vcpus"]), int(kompute["memory"])
         disk, data_disk = int(kompute["disk"]), int(kompute.get("data_disk") or 0)
         delta = {"instances": 1, "vcpus": vcpus, "memory": memory}
@@ -107,27 +108,6 @@ class KomputeEffects:
         await self._kaktus_usage(res, kaktus["_id"], vcpus, memory, 1)
         await join_kwarantines(res, kompute)
         log.info("kompute created", kompute=kompute["_id"], instance=instance_id, kaktus=kaktus["_id"])
-
-    async def _pool_and_template(self, res, kompute: Doc, region: Doc) -> tuple[Doc, Doc]:
-        pool_id = kompute.get("pool_id") or doc_value(region, "defaults.pool_id") or ""
-        if not pool_id:
-            raise Missing("poolId: the region has no default storage pool")
-        try:
-            pool = await res.get("pool", pool_id)
-        except NotFoundError:
-            raise Invalid(f"poolId: storage pool {pool_id} not found") from None
-        if pool.get("region_id") != region["_id"]:
-            raise Invalid(f"poolId: storage pool {pool_id} is not in this region")
-        template_id = kompute.get("template_id") or doc_value(pool, "defaults.template_ids.os") or ""
-        if not template_id:
-            raise Missing("templateId: the storage pool has no default template")
-        try:
-            template = await res.get("template", template_id)
-        except NotFoundError:
-            raise Invalid(f"templateId: template {template_id} not found") from None
-        if template.get("storage_pool_id") != pool["_id"]:
-            raise Invalid(f"templateId: template {template_id} is not in storage pool {pool.get('name')}")
-        return pool, template
 
     @staticmethod
     def _volume_doc(kompute: Doc, pool: Doc, name: str, vtype: str, size: int, template_id: str) -> Doc:

@@ -31,22 +31,28 @@ def _effects(res):
 
 
 async def _pool_and_template(res, doc: Doc, query: Any) -> tuple[Doc, Doc | None]:
-    region_id = doc["region_id"]
     pool_id = (query.get("poolId") if query is not None else None) or ""
+    template_id = (query.get("templateId") if query is not None else None) or ""
+    region = await res.get("region", doc["region_id"])
+    return await pool_and_template(res, region, pool_id, template_id, with_template=doc["type"] == "os")
+
+
+async def pool_and_template(res, region: Doc, pool_id: str, template_id: str, *,
+                            with_template: bool = True) -> tuple[Doc, Doc | None]:
+    """The storage pool (given, or the region's default) and, for an OS image, the template
+    (given, or the pool's default OS template), each checked to belong where it is used: one
+    rule for volumes and Kompute disks. Errors name the query parameter."""
+    pool_id = pool_id or doc_value(region, "defaults.pool_id") or ""
     if not pool_id:
-        region = await res.get("region", region_id)
-        pool_id = doc_value(region, "defaults.pool_id") or ""
-        if not pool_id:
-            raise Missing("poolId: the region has no default storage pool")
+        raise Missing("poolId: the region has no default storage pool")
     try:
         pool = await res.get("pool", pool_id)
     except NotFoundError:
         raise Invalid(f"poolId: storage pool {pool_id} not found") from None
-    if pool.get("region_id") != region_id:
+    if pool.get("region_id") != region["_id"]:
         raise Invalid(f"poolId: storage pool {pool_id} is not in this region")
-    if doc["type"] != "os":
+    if not with_template:
         return pool, None
-    template_id = (query.get("templateId") if query is not None else None) or ""
     template_id = template_id or doc_value(pool, "defaults.template_ids.os") or ""
     if not template_id:
         raise Missing("templateId: the storage pool has no default template")
