@@ -10,19 +10,15 @@ import pytest
 from agent.sim.harness import SimHost
 from agent.sim.model import GiB
 from tests.conftest import make_client
-from tests.identity.helpers import create_confirmed_user, identity_config, login
-from tests.infra.helpers import CALL_TIMEOUT, agent_status, create_agents, region_and_zone, unique, wait_for
-from tests.kahuna_proc import Kahuna
+from tests.identity.helpers import create_confirmed_user, login
+from tests.infra.helpers import agent_status, create_agents, region_and_zone, tenant_kahuna, unique, wait_for
 
 SOURCE = "https://images.test/noble.qcow2"
 
 
 @pytest.fixture(scope="module")
 def kahuna(tmp_path_factory, smtp_sink):
-    work = tmp_path_factory.mktemp("compute")
-    config = identity_config(work, smtp_sink, ws={"callTimeout": CALL_TIMEOUT}, cache={"enabled": False})
-    with Kahuna(work, config) as k:
-        k.config_path = config
+    with tenant_kahuna(tmp_path_factory, smtp_sink, "compute") as k:
         yield k
 
 

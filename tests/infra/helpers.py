@@ -9,15 +9,29 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import kowabunga
 import urllib3
 import yaml
 
-from tests.kahuna_proc import MASTER_KEY, ROOT
+from tests.identity.helpers import identity_config
+from tests.kahuna_proc import MASTER_KEY, ROOT, Kahuna
 
 CALL_TIMEOUT = 3.0  # ws.callTimeout of these daemons: a --delay longer than this is a timeout
+
+
+@contextmanager
+def tenant_kahuna(tmp_path_factory, smtp_sink, name: str):
+    """A real Kahuna for tests that create users and tenant objects: mail to the sink (users are
+    confirmed from it), the short agent call timeout, and no document cache, since those tests
+    read (and some write) the store next to the daemon."""
+    work = tmp_path_factory.mktemp(name)
+    config = identity_config(work, smtp_sink, ws={"callTimeout": CALL_TIMEOUT}, cache={"enabled": False})
+    with Kahuna(work, config) as k:
+        k.config_path = config
+        yield k
 
 
 def unique(prefix: str) -> str:

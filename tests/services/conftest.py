@@ -6,19 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_client
-from tests.identity.helpers import identity_config
-from tests.infra.helpers import CALL_TIMEOUT, SimAgent
-from tests.kahuna_proc import Kahuna
+from tests.infra.helpers import SimAgent, tenant_kahuna
 from tests.services.helpers import SimKaktus
 
 
 @pytest.fixture(scope="module")
 def kahuna(tmp_path_factory, smtp_sink):
-    work = tmp_path_factory.mktemp("services")
     # no document cache: tests.services.helpers.give_private_subnet writes into the store
-    config = identity_config(work, smtp_sink, ws={"callTimeout": CALL_TIMEOUT}, cache={"enabled": False})
-    with Kahuna(work, config) as k:
-        k.config_path = config
+    with tenant_kahuna(tmp_path_factory, smtp_sink, "services") as k:
         yield k
 
 
