@@ -39,6 +39,8 @@ def snapshot(model: Any, calls: list[str], done: list[str]) -> dict:
                                "volumes": {v.name: {"size": v.size, "kind": v.kind, "source": v.source_url}
                                            for v in p.volumes.values()}}
                         for name, p in model.pools.items()}
+        out["filesystems"] = {fs: sorted(subs) for fs, subs in model.filesystems.items()}
+        out["exports"] = {str(k): v for k, v in model.nfs_exports.items()}
     return out
 
 

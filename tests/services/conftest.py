@@ -7,7 +7,6 @@ import pytest
 
 from tests.conftest import make_client
 from tests.infra.helpers import SimAgent, tenant_kahuna
-from tests.services.helpers import SimKaktus
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,8 @@ def sims(tmp_path_factory):
             started.append(sim)
             return sim
 
-        def kaktus(self, kahuna, agent: dict, **kwargs) -> SimKaktus:
-            sim = SimKaktus(kahuna, work, agent, **kwargs)
+        def kaktus(self, kahuna, agent: dict, **kwargs) -> SimAgent:
+            sim = SimAgent(kahuna, work, agent, **kwargs)
             started.append(sim)
             return sim
 

@@ -1,42 +1,9 @@
-"""Helpers of the services tests: a simulated Kaktus process whose state shows its CephFS
-subvolumes and NFS exports, and the project-subnet stand-in."""
+"""Helpers of the services tests: the project-subnet stand-in and flow counts."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
-from pathlib import Path
-
-import yaml
-
-from tests.infra.helpers import SimAgent
-from tests.kahuna_proc import ROOT
-
-
-class SimKaktus(SimAgent):
-    """Like tests.infra.helpers.SimAgent, running tests.services.sim_kaktus."""
-
-    def __init__(self, kahuna, workdir: Path, agent: dict, *, sim: dict | None = None,
-                 fail: dict[str, str] | None = None, delay: dict[str, float] | None = None):
-        self.kahuna, self.agent, self.id = kahuna, agent, agent["id"]
-        doc = {"global": {"id": agent["id"], "apiKey": agent["key"], "logLevel": "INFO",
-                          "endpoint": f"ws://127.0.0.1:{kahuna.hub_port}/ws"}}
-        if sim:
-            doc["sim"] = sim
-        self.config = workdir / f"kaktus-{self.id}.yml"
-        self.config.write_text(yaml.safe_dump(doc))
-        self.state_path = workdir / f"kaktus-{self.id}.json"
-        self.log = workdir / f"kaktus-{self.id}.log"
-        cmd = [sys.executable, "-m", "tests.services.sim_kaktus", "kaktus", "-c", str(self.config),
-               "--state", str(self.state_path)]
-        for method, seconds in (delay or {}).items():
-            cmd += ["--delay", f"{method}={seconds}"]
-        for method, message in (fail or {}).items():
-            cmd += ["--fail", f"{method}={message}"]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out)
 
 
 def give_private_subnet(kahuna, project_id: str, region_id: str, subnet_id: str) -> None:
