@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import make_client
-from tests.infra.helpers import SimAgent, tenant_kahuna
+from tests.infra.conftest import sims  # noqa: F401  (simulated agents as processes, stopped at module end)
+from tests.infra.helpers import tenant_kahuna
 
 
 @pytest.fixture(scope="module")
@@ -16,28 +16,3 @@ def kahuna(tmp_path_factory, smtp_sink):
         yield k
 
 
-@pytest.fixture(scope="module")
-def admin(kahuna):
-    with make_client(kahuna) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def sims(tmp_path_factory):
-    work = tmp_path_factory.mktemp("service-agents")
-    started: list[SimAgent] = []
-
-    class Sims:
-        def start(self, kahuna, agent: dict, **kwargs) -> SimAgent:
-            sim = SimAgent(kahuna, work, agent, **kwargs)
-            started.append(sim)
-            return sim
-
-        def kaktus(self, kahuna, agent: dict, **kwargs) -> SimAgent:
-            sim = SimAgent(kahuna, work, agent, **kwargs)
-            started.append(sim)
-            return sim
-
-    yield Sims()
-    for sim in started:
-        sim.stop()

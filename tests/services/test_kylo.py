@@ -19,7 +19,7 @@ def world(admin, kahuna, smtp_sink, sims):
     regions = kowabunga.RegionApi(admin)
     region, _ = region_and_zone(admin)
     agent = create_agents(kahuna, "Kaktus", 1)[0]
-    kaktus = sims.kaktus(kahuna, agent, sim={"fileSystems": ["nfs", "other"]}).wait_connected()
+    kaktus = sims.start(kahuna, agent, sim={"fileSystems": ["nfs", "other"]}).wait_connected()
     pool = regions.create_region_storage_pool(region, kowabunga.StoragePool(
         name=unique("pool"), pool="rbd", agents=[agent["id"]]))
     nfs = regions.create_region_storage_nfs(region, kowabunga.StorageNFS(
@@ -114,7 +114,7 @@ def test_agent_failures_are_reported_and_undone(admin, kahuna, world, sims):
     path = f"/project/{world['project']}/region/{world['region']}/kylo"
     got, answer = http(kahuna, "POST", path, {"name": "offline"})
     assert got == 503, answer
-    failing = sims.kaktus(kahuna, kaktus.agent, sim={"fileSystems": ["nfs"]},
+    failing = sims.start(kahuna, kaktus.agent, sim={"fileSystems": ["nfs"]},
                           fail={"CreateNfsBackends": "ganesha: 500 Internal Server Error"}).wait_connected()
     got, answer = http(kahuna, "POST", path, {"name": "broken"})
     assert got == 502 and "ganesha: 500" in answer["reason"], answer
@@ -125,7 +125,7 @@ def test_agent_failures_are_reported_and_undone(admin, kahuna, world, sims):
     failing.stop()
     failing.wait_disconnected()
     # the export does not answer in time: 504, and both the export and the subvolume are undone
-    slow = sims.kaktus(kahuna, kaktus.agent, sim={"fileSystems": ["nfs"]},
+    slow = sims.start(kahuna, kaktus.agent, sim={"fileSystems": ["nfs"]},
                        delay={"CreateNfsBackends": CALL_TIMEOUT + 1}).wait_connected()
     got, answer = http(kahuna, "POST", path, {"name": "late"})
     assert got == 504, answer
@@ -137,7 +137,7 @@ def test_agent_failures_are_reported_and_undone(admin, kahuna, world, sims):
     assert kowabunga.KyloApi(admin).list_kylos() == []
     slow.stop()
     slow.wait_disconnected()
-    world["kaktus"] = sims.kaktus(kahuna, kaktus.agent, sim={"fileSystems": ["other"]}).wait_connected()
+    world["kaktus"] = sims.start(kahuna, kaktus.agent, sim={"fileSystems": ["other"]}).wait_connected()
     # the NFS storage's file system is not served by the cluster: 422, nothing made
     got, answer = http(kahuna, "POST", path, {"name": "nofs"})
     assert got == 422 and "file system nfs" in answer["reason"], answer
@@ -147,7 +147,7 @@ def test_agent_failures_are_reported_and_undone(admin, kahuna, world, sims):
 def test_another_project_sees_none_of_it(admin, kahuna, world, sims):
     world["kaktus"].stop()
     world["kaktus"].wait_disconnected()
-    world["kaktus"] = sims.kaktus(kahuna, world["kaktus"].agent, sim={"fileSystems": ["nfs"]}).wait_connected()
+    world["kaktus"] = sims.start(kahuna, world["kaktus"].agent, sim={"fileSystems": ["nfs"]}).wait_connected()
     share = kowabunga.ProjectApi(admin).create_project_region_kylo(world["project"], world["region"],
                                                                    kowabunga.Kylo(name="private"))
     for method, path, body in (("GET", f"/kylo/{share.id}", None), ("PUT", f"/kylo/{share.id}", {"description": "x"}),
@@ -174,7 +174,7 @@ def test_a_failed_export_update_changes_nothing(admin, kahuna, world, sims):
                                                                    kowabunga.Kylo(name="steady", access="RW"))
     world["kaktus"].stop()
     world["kaktus"].wait_disconnected()
-    failing = sims.kaktus(kahuna, world["kaktus"].agent, sim={"fileSystems": ["nfs"]},
+    failing = sims.start(kahuna, world["kaktus"].agent, sim={"fileSystems": ["nfs"]},
                           fail={"UpdateNfsBackends": "ganesha: 404 export not found"}).wait_connected()
     got, answer = http(kahuna, "PUT", f"/kylo/{share.id}", {"access": "RO"})
     assert got == 502 and "ganesha: 404" in answer["reason"], answer
@@ -183,5 +183,5 @@ def test_a_failed_export_update_changes_nothing(admin, kahuna, world, sims):
     assert got == 200  # nothing the export carries changed: no agent call
     failing.stop()
     failing.wait_disconnected()
-    world["kaktus"] = sims.kaktus(kahuna, world["kaktus"].agent, sim={"fileSystems": ["nfs"]}).wait_connected()
+    world["kaktus"] = sims.start(kahuna, world["kaktus"].agent, sim={"fileSystems": ["nfs"]}).wait_connected()
     kowabunga.KyloApi(admin).delete_kylo(share.id)
