@@ -40,7 +40,8 @@ ENOENT = "ret=-2,"  # librbd's "No such file or directory", as Kaktus reports it
 Doc = dict[str, Any]
 
 
-def _pool_name(pool: Doc) -> str:
+def pool_label(pool: Doc) -> str:
+    """A storage pool as agent-call errors name it (503 "no eligible agent for storage pool x")."""
     return f"storage pool {pool.get('name', pool['_id'])}"
 
 
@@ -66,7 +67,7 @@ class StorageEffects:
         """Create the template's image; store and answer its size. Raises the API error."""
         volume = template_volume(template)
         params = {"Pool": pool["libvirt_pool"], "Volume": volume, "SourceURL": template["source_url"]}
-        agent_id = self.calls.pick(pool.get("agent_ids") or (), "CreateTemplateVolume", _pool_name(pool))
+        agent_id = self.calls.pick(pool.get("agent_ids") or (), "CreateTemplateVolume", pool_label(pool))
         image = "none"  # none -> maybe (call in flight) -> made
         try:
             image = "maybe"
@@ -95,7 +96,7 @@ class StorageEffects:
     async def delete_template_volume(self, res, pool: Doc, template: Doc) -> None:
         volume = template_volume(template)
         params = {"Pool": pool["libvirt_pool"], "Volume": volume, "WithSnapshots": True}
-        agent_id = self.calls.pick(pool.get("agent_ids") or (), "DeleteVolume", _pool_name(pool))
+        agent_id = self.calls.pick(pool.get("agent_ids") or (), "DeleteVolume", pool_label(pool))
         try:
             await self.calls.call(agent_id, "DeleteVolume", params)
         except AgentFailed as exc:
@@ -111,7 +112,7 @@ class StorageEffects:
         try:
             with trio.fail_after(COMPENSATE_TIMEOUT):
                 await self.calls.call_one(pool.get("agent_ids") or (), "DeleteVolume", params,
-                                          _pool_name(pool), timeout=COMPENSATE_TIMEOUT)
+                                          pool_label(pool), timeout=COMPENSATE_TIMEOUT)
         except (DomainError, trio.TooSlowError) as exc:
             reason = getattr(exc, "reason", "timed out")
             if ENOENT not in reason:
@@ -149,7 +150,7 @@ class StorageEffects:
         params = {"Pool": pool["libvirt_pool"]}
         if agent_id is None:
             _, reply = await self.calls.call_one(pool.get("agent_ids") or (), "GetStoragePoolStats",
-                                                 params, _pool_name(pool))
+                                                 params, pool_label(pool))
         else:
             reply = await self.calls.call(agent_id, "GetStoragePoolStats", params)
         stats = {"capacity": _size(reply, "Capacity"), "allocation": _size(reply, "Allocated"),

@@ -13,6 +13,7 @@ from typing import Any
 from kahuna.logs import get_logger
 from kahuna.orchestrator.agent_calls import AgentCalls
 from kahuna.orchestrator.flows import Flow, register_undo
+from kahuna.orchestrator.storage import ENOENT, pool_label
 from kahuna.resources import quota
 from kahuna.resources.errors import DomainError, NotFoundError
 from kahuna.resources.storage import template_volume
@@ -20,12 +21,7 @@ from kahuna.store import errors as store_errors
 
 log = get_logger("kahuna.volumes")
 
-ENOENT = "ret=-2,"  # librbd's "No such file or directory", as Kaktus reports it
 Doc = dict[str, Any]
-
-
-def _pool_name(pool: Doc) -> str:
-    return f"storage pool {pool.get('name', pool['_id'])}"
 
 
 class VolumeEffects:
@@ -33,7 +29,7 @@ class VolumeEffects:
         self.calls = AgentCalls(hub)
 
     async def call(self, pool: Doc, method: str, params: Doc) -> Any:
-        _, reply = await self.calls.call_one(pool.get("agent_ids") or (), method, params, _pool_name(pool))
+        _, reply = await self.calls.call_one(pool.get("agent_ids") or (), method, params, pool_label(pool))
         return reply
 
     async def create(self, res, doc: Doc, flow: Flow | None = None) -> None:

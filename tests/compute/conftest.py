@@ -9,7 +9,6 @@ import pytest
 
 from agent.sim.harness import SimHost
 from agent.sim.model import GiB
-from tests.conftest import make_client
 from tests.identity.helpers import create_confirmed_user, login
 from tests.infra.helpers import agent_status, create_agents, region_and_zone, tenant_kahuna, unique, wait_for
 
@@ -20,12 +19,6 @@ SOURCE = "https://images.test/noble.qcow2"
 def kahuna(tmp_path_factory, smtp_sink):
     with tenant_kahuna(tmp_path_factory, smtp_sink, "compute") as k:
         yield k
-
-
-@pytest.fixture(scope="module")
-def admin(kahuna):
-    with make_client(kahuna) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
