@@ -2,7 +2,7 @@
 
 from kahuna.resources import agents, compute, dns, identity, network, storage, topology  # noqa: F401
 from kahuna.resources import kylo  # noqa: F401
-from kahuna.resources import kompute, kwarantine, volume  # noqa: F401
+from kahuna.resources import instance, kompute, kwarantine, volume  # noqa: F401
 
 
 def load() -> None:

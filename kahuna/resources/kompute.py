@@ -11,8 +11,7 @@ instance: `project_id`, `zone_id`, `region_id`, `kaktus_id`, `name`, `descriptio
 kompute: `project_id`, `zone_id`, `region_id`, `instance_id`, `name`, `description`, `vcpus`,
 `memory`, `disk`, `data_disk`, `public`; the API's `ip` is the instance's `local_ip`.
 
-Instances are served read-only here (GET /instance, /instance/{id}); their own create/update
-routes are not landed yet.
+The `instance` kind itself is declared in kahuna.resources.instance.
 """
 
 from __future__ import annotations
@@ -21,28 +20,13 @@ from typing import Any
 
 from kahuna.orchestrator.komputes import KomputeEffects
 from kahuna.resources.errors import Invalid, Missing
-from kahuna.resources.kind import Access, Hooks, Kind, Parent, base_fields, register
+from kahuna.resources.instance import TENANT
+from kahuna.resources.kind import Hooks, Kind, Parent, base_fields, register
 from kahuna.resources.types import Bool, Field, Int, ListOf, Str
 
 Doc = dict[str, Any]
-TENANT = Access(read="project", create="project", update="project", delete="project")
 
 
-INSTANCE = register(Kind(
-    name="instance",
-    fields=base_fields() + (
-        Field("memory", Int(low=1), required=True),
-        Field("vcpus", Int(low=1, high=1024), required=True),
-        Field("uefi", Bool(), default=False, create_only=True),
-        Field("kmotion_enabled", Bool(), default=True),
-        Field("kwarantines", ListOf(item=Str(max_len=64), max_items=64), default=list, db="kwarantine_ids"),
-    ),
-    owner=Parent("project", "project_id"),
-    locations=(Parent("zone", "zone_id"),),
-    indexed=("kaktus_id",),
-    access=TENANT,
-    routes=frozenset({"list", "read", "children"}),
-))
 
 
 def _effects(res) -> KomputeEffects:
