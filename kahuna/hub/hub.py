@@ -340,6 +340,8 @@ class Hub:
         old = self.registry.register(session)
         session.registered = True
         self.stats.registrations += 1
+        self.stats.accepted()
+        self.stats.sessions_by_type[session.agent_type] += 1
         self._offline.pop(session.agent_id, None)
         if old is not None:
             self.stats.replaced += 1
@@ -368,6 +370,7 @@ class Hub:
     def _session_ended(self, session: Session) -> None:
         self.registry.unregister(session)
         if session.registered:
+            self.stats.sessions_by_type[session.agent_type] -= 1
             if session.agent_id not in self.registry:      # not replaced: remember it
                 self._offline[session.agent_id] = _OfflineRecord(session)
             log.info("agent disconnected", **session._fields(), reason=session._end_reason())

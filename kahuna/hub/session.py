@@ -37,6 +37,7 @@ from .codec import FrameError, decode_reply, encode_request
 from .errors import AgentDisconnected, AgentError, AgentUnavailable, CallTimeout, HubError, MalformedReply
 from .handshake import Identity
 from .pending import PendingCalls, Resolution
+from .stats import DISCONNECTED, ERROR, OK, TIMEOUT
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -192,8 +193,14 @@ class Session:
     async def call(self, method: str, params: Any, timeout: float) -> Any:
         """Send one request and wait for its reply; raises the errors of `kahuna.hub.errors`."""
         stats = self.hub.stats
-        call = self.pending.open(method)
+        started = time.perf_counter()
+        try:
+            call = self.pending.open(method)
+        except AgentDisconnected:
+            stats.call_done(method, DISCONNECTED, 0.0)
+            raise
         sent = False
+        outcome = TIMEOUT           # also a caller cancelled while it waited (its own deadline)
         try:
             frame = encode_request(call.id, method, params)
             stats.calls += 1
@@ -204,19 +211,26 @@ class Session:
                                   deadline=trio.current_time() + timeout) as scope:
                 try:
                     await self.ws.send_message(frame)
+                    stats.frames_out += 1
                 except ConnectionClosed:
+                    outcome = DISCONNECTED
                     raise AgentDisconnected(self.agent_id, self._end_reason()) from None
                 del frame
                 sent = True
                 scope.shield = False
                 await call.wait()
             if not call.done:
+                outcome = TIMEOUT
                 stats.call_timeouts += 1
                 if not sent:
                     self.close(CLOSE_INTERNAL, "send timed out", abort=True)
                 raise CallTimeout(self.agent_id, method, timeout)
+            outcome = ERROR if call.exc is not None or call.error is not None else OK
+            if isinstance(call.exc, AgentDisconnected):
+                outcome = DISCONNECTED
         finally:
             self.pending.discard(call.id)
+            stats.call_done(method, outcome, time.perf_counter() - started)
         if call.exc is not None:
             raise call.exc
         if call.error is not None:
@@ -295,6 +309,7 @@ class Session:
     def _on_message(self, message: bytes | str) -> None:
         self.last_seen = time.time()
         stats = self.hub.stats
+        stats.frames_in += 1
         if type(message) is str:
             stats.text_frames += 1
             self._warn_once(_WARN_TEXT, "agent text frame ignored")
