@@ -245,6 +245,19 @@ def free_address(subnet: Doc, used: Iterable[str]) -> str | None:
     return None
 
 
+def free_address_count(subnet: Doc, used: Iterable[str]) -> int:
+    """How many addresses `free_address` could still hand out (same exclusions: network,
+    broadcast, gateway, reserved and gateway-pool ranges, `used`)."""
+    net = _network(subnet)
+    low, high = _host_range(net)
+    skip = {int(V4(subnet["gateway"]))} | {int(V4(a)) for a in used if _is_v4(a)}
+    spans = _ranges(subnet, net, "reserved_ranges", "reserved") + _ranges(subnet, net, "gw_pool", "gw_pool")
+    for first, last in spans:  # ranges never overlap (checked at write), addresses may sit inside
+        skip = {a for a in skip if not first <= a <= last}
+    excluded = sum(min(l, high) - max(f, low) + 1 for f, l in spans if min(l, high) >= max(f, low))
+    return max(0, high - low + 1 - excluded - sum(1 for a in skip if low <= a <= high))
+
+
 def _is_v4(address: str) -> bool:
     try:
         V4(address)
