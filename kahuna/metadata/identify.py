@@ -113,29 +113,20 @@ async def instance_region(store, instance: Mapping[str, Any]) -> str | None:
 
 
 async def kawaii_public_ips(store, instance: Mapping[str, Any]) -> set[str]:
-    """Public addresses of the Kawaii of the instance's project in the instance's region."""
+    """Public addresses (VIPs) of the Kawaii of the instance's project in the instance's region."""
     project_id = instance.get("project_id")
     if not project_id:
         return set()
     region_id = await instance_region(store, instance)
     out: set[str] = set()
     for kawaii in await store.find("kawaii", {"project_id": project_id}):
-        if kawaii.get("region_id") and region_id and kawaii["region_id"] != region_id:
-            continue
-        out.update(public_addresses(kawaii))
-        adapters = kawaii.get("public_adapter_ids") or {}
-        for adapter_id in (adapters.values() if isinstance(adapters, dict) else adapters):
-            adapter = await _get(store, "adapter", adapter_id)
-            if adapter:
-                out.update(a for a in adapter.get("addresses") or [] if isinstance(a, str))
+        if region_id and kawaii.get("region_id") == region_id:
+            out.update(public_addresses(kawaii))
     return out
 
 
 def public_addresses(kawaii: Mapping[str, Any]) -> set[str]:
-    """The public addresses a Kawaii document records (upstream field names, tolerant)."""
-    out: set[str] = set()
-    for key in ("public_ips", "public_vip_addresses", "public_vips"):
-        out.update(a for a in kawaii.get(key) or [] if isinstance(a, str))
-    netip = kawaii.get("netip") or {}
-    out.update(a for a in netip.get("public") or [] if isinstance(a, str))
+    """The public VIPs a Kawaii document records (`public_vips`, and the API's `netip.public`)."""
+    out = {a for a in kawaii.get("public_vips") or () if isinstance(a, str) and a}
+    out.update(a for a in (kawaii.get("netip") or {}).get("public") or () if isinstance(a, str) and a)
     return out

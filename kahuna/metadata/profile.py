@@ -1,15 +1,26 @@
 """The metadata profile of one instance: upstream's `metadata.InstanceMetadata` JSON.
 
 Computed from the store at every read (never cached), so a firewall rule, IPsec peer or backend
-changed through the API is what the appliance sees at its next Reload. Secrets (IPsec pre-shared
-keys) only ever enter the `kawaii` part, and that part is only built for the Kawaii appliance
-instance itself (`profile == "kawaii"` and `profile_id` naming its Kawaii); an ordinary instance's
+changed through the API is what the appliance sees at its next Reload. The appliance parts
+(`kawaii{…}`, `konvey{…}`, `peers`) are built only for the appliance instance itself: its
+`profile` ("kawaii"/"konvey", set by the Kompute flow, never by a user) and `profile_id` naming
+an appliance document *of the same project*. That is where the secrets and VRRP data live (IPsec
+pre-shared keys, opened from their sealed form here, VRRP ids and VIPs); an ordinary instance's
 profile is the base fields alone. Kontroller agent credentials are not in this JSON at all (they
 travel on the appliance's own cloud-init ISO, as upstream does). Nothing here is logged.
+
+Document shapes: /tmp/team/interfaces.md "appliance" (kawaii, ipsec, konvey), upstream-tenant.md
+§10 for the output. Where upstream's output has a hole we do not copy it:
+- egress rules: upstream always writes `drop`, whatever the egress policy; here a rule is the
+  exception to its policy (`accept` under a `drop` policy, `drop` under `accept`), as upstream
+  already does for VPC peering rules, and it names its destination.
+- Konvey: upstream compares a Kompute id with an instance id, so no appliance is ever master
+  (priority 100 everywhere); here the first appliance of the Konvey gets 150.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Mapping
 
 from kahuna.metadata.identify import instance_region
@@ -19,6 +30,8 @@ from kahuna.store import errors as store_errors
 from kahuna.store.base import is_valid_id
 
 GiB = 1 << 30
+PUBLIC_IF, PRIVATE_IF = "ens3", "ens4"
+MASTER, BACKUP = 150, 100
 
 BASE_FIELDS = ("instance-id", "local-hostname", "description", "kaktus", "vcpu", "mem_gb",
                "local-ipv4", "subnet_cidr", "template", "monthly_cost", "project", "domain",
@@ -29,11 +42,20 @@ KAWAII_FIELDS = ("public_interface", "private_interface", "peering_interfaces",
                  "fw_input_extra_networks", "fw_input_rules", "fw_output_rules", "fw_forward_rules",
                  "fw_nat_rules", "ipsec_connections")
 KONVEY_FIELDS = ("private_interface", "vrrp_control_interface", "virtual_ips", "endpoints")
+VIP_FIELDS = ("vrrp_id", "interface", "vip", "priority", "mask", "public")
+NAT_FIELDS = ("private_ip", "public_ip", "protocol", "ports")
 IPSEC_FIELDS = ("name", "ip", "xfrm_id", "remote_peer", "remote_subnet", "pre_shared_key",
                 "dpd_timeout", "dpd_action", "start_action", "rekey", "phase1_lifetime",
                 "phase1_df_group", "phase1_integrity_algorithm", "phase1_encryption_algorithm",
                 "phase2_lifetime", "phase2_df_group", "phase2_integrity_algorithm",
                 "phase2_encryption_algorithm", "ingress_rules")
+# a firewall rule: the optional keys are omitted when empty (upstream's `omitempty`)
+RULE_OPTIONAL = ("iifname", "oifname", "source_ip", "destination_ip", "direction")
+RULE_FIELDS = RULE_OPTIONAL + ("protocol", "ports", "action")
+ANYWHERE = "0.0.0.0/0"
+
+Doc = Mapping[str, Any]
+
 
 async def _get(store, collection: str, doc_id: Any) -> dict[str, Any]:
     if not is_valid_id(doc_id):
@@ -44,53 +66,94 @@ async def _get(store, collection: str, doc_id: Any) -> dict[str, Any]:
         return {}
 
 
-def _name(doc: Mapping[str, Any]) -> str:
+def _name(doc: Doc) -> str:
     return str(doc.get("name") or "")
 
 
-async def build(store, instance: Mapping[str, Any], *, server_secret: str = "") -> dict[str, Any]:
+def _str(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+async def build(store, instance: Doc, *, server_secret: str = "") -> dict[str, Any]:
     """The profile of `instance`; `server_secret` opens sealed IPsec pre-shared keys."""
     project = await _get(store, "project", instance.get("project_id"))
     kaktus = await _get(store, "kaktus", instance.get("kaktus_id"))
     zone = await _get(store, "zone", instance.get("zone_id") or kaktus.get("zone_id"))
     region_id = await instance_region(store, instance)
     region = await _get(store, "region", region_id)
-    subnets = project.get("private_subnets") or {}
-    subnet = await _get(store, "subnet", subnets.get(region_id) if isinstance(subnets, dict) else None)
+    subnet = await _private_subnet(store, project, region_id)
     cost = instance.get("cost") or {}
     out: dict[str, Any] = {
         "instance-id": str(instance["_id"]),
         "local-hostname": _name(instance),
-        "description": str(instance.get("description") or ""),
+        "description": _str(instance.get("description")),
         "kaktus": _name(kaktus),
-        "vcpu": int(instance.get("vcpus") or 0),
-        "mem_gb": int(instance.get("memory") or 0) // GiB,
-        "local-ipv4": str(instance.get("local_ip") or ""),
-        "subnet_cidr": str(subnet.get("cidr") or ""),
+        "vcpu": _int(instance.get("vcpus")),
+        "mem_gb": _int(instance.get("memory")) // GiB,
+        "local-ipv4": await local_ip(store, instance),
+        "subnet_cidr": _str(subnet.get("cidr")),
         "template": await _template_name(store, instance),
         "monthly_cost": f"{float(cost.get('price') or 0.0):f} {cost.get('currency') or 'EUR'}",
         "project": _name(project),
-        "domain": str(project.get("domain") or ""),
+        "domain": _str(project.get("domain")),
         "zone": _name(zone),
         "region": _name(region),
         "tags": [str(t) for t in project.get("tags") or []],
         "peers": [],
     }
-    profile = instance.get("profile")
-    if profile == "kawaii":
-        kawaii = await _get(store, "kawaii", instance.get("profile_id"))
-        if kawaii and kawaii.get("project_id") == instance.get("project_id"):
-            out["kawaii"] = await _kawaii(store, kawaii, zone, subnet, server_secret)
-            out["peers"] = await _peers(store, kawaii, instance)
-    elif profile == "konvey":
-        konvey = await _get(store, "konvey", instance.get("profile_id"))
-        if konvey and konvey.get("project_id") == instance.get("project_id"):
-            out["konvey"] = _konvey(konvey, subnet)
-            out["peers"] = await _peers(store, konvey, instance)
+    appliance = await owned_appliance(store, instance)
+    if appliance is None:
+        return out
+    kind, doc = appliance
+    out["peers"] = await _peers(store, doc, instance)
+    if kind == "kawaii":
+        out["kawaii"] = await _kawaii(store, doc, zone, subnet, server_secret)
+    else:
+        out["konvey"] = await _konvey(store, doc, instance, subnet)
     return out
 
 
-async def _template_name(store, instance: Mapping[str, Any]) -> str:
+async def owned_appliance(store, instance: Doc) -> tuple[str, dict[str, Any]] | None:
+    """("kawaii"|"konvey", its document) when `instance` is one of that appliance's instances
+    of the same project; else None (no appliance part, no secret)."""
+    kind = instance.get("profile")
+    if kind not in ("kawaii", "konvey"):
+        return None
+    doc = await _get(store, kind, instance.get("profile_id"))
+    if not doc or not doc.get("project_id") or doc.get("project_id") != instance.get("project_id"):
+        return None
+    return kind, doc
+
+
+async def _private_subnet(store, project: Doc, region_id: Any) -> dict[str, Any]:
+    subnets = project.get("private_subnets") or {}
+    return await _get(store, "subnet", subnets.get(region_id) if isinstance(subnets, dict) else None)
+
+
+async def local_ip(store, instance: Doc) -> str:
+    """The instance's private address: its `local_ip`, else the first address of its first
+    adapter on a private subnet (adapters are kept private first)."""
+    if instance.get("local_ip"):
+        return str(instance["local_ip"])
+    for adapter_id in instance.get("adapter_ids") or ():
+        adapter = await _get(store, "adapter", adapter_id)
+        for address in adapter.get("addresses") or ():
+            try:
+                if ipaddress.ip_address(address).is_private:
+                    return str(address)
+            except ValueError:
+                continue
+    return ""
+
+
+async def _template_name(store, instance: Doc) -> str:
     for volume_id in instance.get("volume_ids") or []:
         volume = await _get(store, "volume", volume_id)
         if volume.get("type") == "os":
@@ -98,145 +161,149 @@ async def _template_name(store, instance: Mapping[str, Any]) -> str:
     return ""
 
 
-async def _peers(store, appliance: Mapping[str, Any], instance: Mapping[str, Any]) -> list[str]:
+def _appliance_instance_ids(appliance: Doc) -> list[str]:
+    return [str(a["instance_id"]) for a in appliance.get("appliances") or () if a.get("instance_id")]
+
+
+async def _peers(store, appliance: Doc, instance: Doc) -> list[str]:
     """The other appliance instances' private addresses (upstream: the other MZR members)."""
-    ids = list(appliance.get("instance_ids") or [])
-    for kompute_id in appliance.get("kompute_ids") or []:
-        kompute = await _get(store, "kompute", kompute_id)
-        if kompute.get("instance_id"):
-            ids.append(kompute["instance_id"])
-    peers = []
-    for instance_id in ids:
-        if instance_id == instance["_id"]:
+    peers = set()
+    for instance_id in _appliance_instance_ids(appliance):
+        if instance_id == str(instance["_id"]):
             continue
-        other = await _get(store, "instance", instance_id)
-        if other.get("local_ip"):
-            peers.append(other["local_ip"])
-    return sorted(set(peers))
+        address = await local_ip(store, await _get(store, "instance", instance_id))
+        if address:
+            peers.add(address)
+    return sorted(peers)
 
 
 def _mask(cidr: Any) -> int:
     try:
-        return int(str(cidr).split("/", 1)[1])
-    except (IndexError, ValueError):
+        return ipaddress.ip_network(str(cidr), strict=False).prefixlen
+    except ValueError:
         return 0
 
 
-def _vip(vrrp_id, interface, vip, priority, mask, public) -> dict[str, Any]:
-    return {"vrrp_id": int(vrrp_id or 0), "interface": interface, "vip": str(vip or ""),
-            "priority": int(priority), "mask": int(mask or 0), "public": bool(public)}
+def vip(vrrp_id: Any, interface: str, address: Any, priority: int, mask: Any, public: bool) -> dict[str, Any]:
+    return {"vrrp_id": _int(vrrp_id), "interface": interface, "vip": _str(address),
+            "priority": int(priority), "mask": _int(mask), "public": bool(public)}
 
 
-async def _kawaii_vips(store, kawaii: Mapping[str, Any], zone_id: Any, public_subnet) -> list[dict[str, Any]]:
-    """Stored `virtual_ips` when the document has them, else one public VIP per zone from the
-    zone's public VIP adapter and VRRP id; priority 150 for the appliance's own zone."""
-    if kawaii.get("virtual_ips"):
-        return [_vip(v.get("vrrp_id"), str(v.get("interface") or ""), v.get("vip"),
-                     150 if zone_id and v.get("zone_id") == zone_id else v.get("priority") or 100,
-                     v.get("mask"), v.get("public")) for v in kawaii["virtual_ips"]]
-    adapters = kawaii.get("public_adapter_ids") or {}
-    vrrp_ids = kawaii.get("vrrp_ids") or {}
-    out = []
-    if isinstance(adapters, dict):
-        for vip_zone, adapter_id in sorted(adapters.items()):
-            adapter = await _get(store, "adapter", adapter_id)
-            for address in adapter.get("addresses") or []:
-                out.append(_vip(vrrp_ids.get(vip_zone), "ens3", address, 150 if vip_zone == zone_id else 100,
-                                _mask(public_subnet.get("cidr")), True))
+def rule(*, protocol: Any, ports: Any, action: str, **optional: Any) -> dict[str, Any]:
+    out = {k: str(optional[k]) for k in RULE_OPTIONAL if optional.get(k)}
+    out.update(protocol=_str(protocol) or "tcp", ports=_str(ports), action=action)
     return out
 
 
-def _rule(**fields: Any) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if v not in (None, "") or k in ("protocol", "ports", "action")}
+def _except(policy: Any) -> str:
+    """The action of a rule under a default policy: the rule is the exception to it."""
+    return "drop" if _str(policy) == "accept" else "accept"
 
 
-def _public_vips(kawaii: Mapping[str, Any]) -> list[str]:
-    for key in ("public_vips", "public_vip_addresses", "public_ips"):
-        if kawaii.get(key):
-            return sorted(a for a in kawaii[key] if isinstance(a, str))
-    return sorted(a for a in (kawaii.get("netip") or {}).get("public") or [] if isinstance(a, str))
-
-
-async def _kawaii(store, kawaii: Mapping[str, Any], zone, subnet, server_secret: str) -> dict[str, Any]:
-    public = _public_vips(kawaii)
+async def _kawaii(store, kawaii: Doc, zone: Doc, subnet: Doc, server_secret: str) -> dict[str, Any]:
+    public = sorted(str(a) for a in kawaii.get("public_vips") or () if a)
     public_subnet = await _get(store, "subnet", kawaii.get("public_subnet_id"))
     firewall = kawaii.get("firewall") or {}
-    ingress = firewall.get("ingress") or []
-    egress = firewall.get("egress") or []
-    peerings = kawaii.get("vpc_peerings") or []
-    fw_in = [_rule(iifname="ens3", oifname="ens3", source_ip=r.get("source") or "0.0.0.0/0",
-                   destination_ip=vip, protocol=r.get("protocol") or "tcp", ports=str(r.get("ports") or ""),
-                   action="accept") for vip in public for r in ingress]
-    fw_out = [_rule(oifname="ens3", source_ip="0.0.0.0/0", protocol=r.get("protocol") or "tcp",
-                    ports=str(r.get("ports") or ""), action="drop") for vip in public for r in egress]
-    nat = [{"private_ip": str(r.get("destination") or ""), "public_ip": vip,
-            "protocol": str(r.get("protocol") or "tcp"), "ports": str(r.get("ports") or "")}
-           for vip in public for r in kawaii.get("dnat") or kawaii.get("dnat_rules") or []]
-    ipsecs = []
-    for collection in ("kawaii_ipsec", "ipsec"):
-        for doc in await store.find(collection, {"kawaii_id": kawaii["_id"]}, sort="_id"):
-            ipsecs.append(_ipsec(doc, server_secret))
+    policy = _str(firewall.get("egress_policy")) or "accept"
+    fw_in = [rule(iifname=PUBLIC_IF, oifname=PUBLIC_IF, source_ip=r.get("source") or ANYWHERE,
+                  destination_ip=address, protocol=r.get("protocol"), ports=r.get("ports"), action="accept")
+             for address in public for r in firewall.get("ingress") or ()]
+    fw_out = [rule(oifname=PUBLIC_IF, source_ip=ANYWHERE, destination_ip=r.get("destination") or ANYWHERE,
+                   protocol=r.get("protocol"), ports=r.get("ports"), action=_except(policy))
+              for address in public for r in firewall.get("egress") or ()]
+    nat = [{"private_ip": _str(r.get("destination")), "public_ip": address,
+            "protocol": _str(r.get("protocol")) or "tcp", "ports": _str(r.get("ports"))}
+           for address in public for r in kawaii.get("dnat_rules") or ()]
+    peerings = list(kawaii.get("vpc_peerings") or ())
+    ipsecs = [_ipsec(doc, server_secret)
+              for doc in await store.find("ipsec", {"kawaii_id": kawaii["_id"]}, sort="_id")]
     return {
-        "public_interface": "ens3",
-        "private_interface": "ens4",
-        "peering_interfaces": [f"ens{5 + i}" for i in range(len(peerings))],
-        "vrrp_control_interface": "ens4",
+        "public_interface": PUBLIC_IF,
+        "private_interface": PRIVATE_IF,
+        "peering_interfaces": [_peering_if(i) for i in range(len(peerings))],
+        "vrrp_control_interface": PRIVATE_IF,
         "public_vip_addresses": public,
-        "public_gw_address": str(public_subnet.get("gateway") or ""),
-        "virtual_ips": await _kawaii_vips(store, kawaii, zone.get("_id"), public_subnet),
+        "public_gw_address": _str(public_subnet.get("gateway")),
+        "virtual_ips": [vip(v.get("vrrp_id"), _str(v.get("interface")), v.get("vip"),
+                            MASTER if zone.get("_id") and v.get("zone_id") == zone["_id"] else BACKUP,
+                            v.get("mask"), v.get("public")) for v in kawaii.get("virtual_ips") or ()],
         "fw_input_default": "drop",
-        "fw_output_default": str(firewall.get("egress_policy") or "accept"),
+        "fw_output_default": policy,
         "fw_forward_default": "drop",
-        "fw_input_extra_networks": list(subnet.get("routes") or []),
+        "fw_input_extra_networks": [str(r) for r in subnet.get("routes") or ()],
         "fw_input_rules": fw_in,
         "fw_output_rules": fw_out,
-        "fw_forward_rules": [],
+        "fw_forward_rules": await _forward_rules(store, peerings, subnet),
         "fw_nat_rules": nat,
         "ipsec_connections": ipsecs,
     }
+
+
+def _peering_if(index: int) -> str:
+    return f"ens{5 + index}"
+
+
+async def _forward_rules(store, peerings: list[Doc], subnet: Doc) -> list[dict[str, Any]]:
+    """Per VPC peering (interface ens5+i): its ingress rules from the project's network to the
+    peer (direction out), its egress rules from the peer back (direction in); each the exception
+    to the peering's policy."""
+    out = []
+    private = _str(subnet.get("cidr"))
+    for i, peering in enumerate(peerings):
+        iface = _peering_if(i)
+        peer = _str((await _get(store, "subnet", peering.get("subnet"))).get("cidr"))
+        action = _except(peering.get("policy") or "drop")
+        for r in peering.get("ingress") or ():
+            out.append(rule(iifname=PRIVATE_IF, oifname=iface, source_ip=private, destination_ip=peer,
+                            direction="out", protocol=r.get("protocol"), ports=r.get("ports"), action=action))
+        for r in peering.get("egress") or ():
+            out.append(rule(iifname=iface, oifname=PRIVATE_IF, source_ip=peer, destination_ip=private,
+                            direction="in", protocol=r.get("protocol"), ports=r.get("ports"), action=action))
+    return out
 
 
 def _dh(value: Any) -> str:
     try:
         return dh_group_name(int(value))
     except (TypeError, ValueError):
-        return str(value or "")
+        return ""
 
 
-def _psk(doc: Mapping[str, Any], server_secret: str) -> str:
-    """The clear PSK: sealed by the services' IPsec kind (opened the same way), or in clear in
-    documents migrated from upstream."""
-    if doc.get("pre_shared_key"):
-        return str(doc["pre_shared_key"])
-    return open_psk(server_secret, dict(doc)) if server_secret else ""
+def _ipsec(doc: Doc, server_secret: str) -> dict[str, Any]:
+    """One connection, the pre-shared key opened from its sealed form (appliance profile only)."""
+    return {
+        "name": _name(doc),
+        "ip": _str(doc.get("ip")),
+        "xfrm_id": _int(doc.get("xfrm_id")),
+        "remote_peer": _str(doc.get("remote_ip")),
+        "remote_subnet": _str(doc.get("remote_subnet")),
+        "pre_shared_key": open_psk(server_secret, dict(doc)) if server_secret else "",
+        "dpd_timeout": _str(doc.get("dpd_timeout")),
+        "dpd_action": _str(doc.get("dpd_timeout_action")),
+        "start_action": _str(doc.get("start_action")),
+        "rekey": _str(doc.get("rekey_time")),
+        **{f"{phase}_{key}": _str(doc.get(f"{phase}_{key}")) for phase in ("phase1", "phase2")
+           for key in ("lifetime", "integrity_algorithm", "encryption_algorithm")},
+        "phase1_df_group": _dh(doc.get("phase1_dh_group_number")),
+        "phase2_df_group": _dh(doc.get("phase2_dh_group_number")),
+        "ingress_rules": [rule(source_ip=r.get("source") or ANYWHERE, direction="in", protocol=r.get("protocol"),
+                               ports=r.get("ports"), action="accept")
+                          for r in (doc.get("firewall") or {}).get("ingress") or ()],
+    }
 
 
-def _ipsec(doc: Mapping[str, Any], server_secret: str) -> dict[str, Any]:
-    out = {key: doc.get(key, "") for key in IPSEC_FIELDS}
-    out["xfrm_id"] = int(doc.get("xfrm_id") or 0)
-    out["remote_peer"] = str(doc.get("remote_peer") or doc.get("remote_ip") or "")
-    out["pre_shared_key"] = _psk(doc, server_secret)
-    out["dpd_action"] = str(doc.get("dpd_action") or doc.get("dpd_timeout_action") or "")
-    out["rekey"] = str(doc.get("rekey") or doc.get("rekey_time") or "")
-    for phase in ("phase1", "phase2"):
-        out[f"{phase}_df_group"] = _dh(doc.get(f"{phase}_df_group") or doc.get(f"{phase}_dh_group_number"))
-    out["ingress_rules"] = [_rule(source_ip=r.get("source") or "0.0.0.0/0", protocol=r.get("protocol") or "tcp",
-                                  direction="in", ports=str(r.get("ports") or ""), action="accept")
-                            for r in doc.get("ingress_rules") or doc.get("firewall", {}).get("ingress") or []]
-    return out
-
-
-def _konvey(konvey: Mapping[str, Any], subnet: Mapping[str, Any]) -> dict[str, Any]:
+async def _konvey(store, konvey: Doc, instance: Doc, project_subnet: Doc) -> dict[str, Any]:
+    subnet = await _get(store, "subnet", konvey.get("subnet_id")) or project_subnet
+    members = _appliance_instance_ids(konvey)
+    priority = MASTER if members and members[0] == str(instance["_id"]) else BACKUP
     endpoints = []
-    for ep in konvey.get("endpoints") or []:
+    for ep in konvey.get("endpoints") or ():
         backends = ep.get("backends") or {}
-        hosts = backends.get("hosts") if isinstance(backends, dict) else None
-        port = int(backends.get("port") or 0) if isinstance(backends, dict) else 0
-        items = ([{"host": str(h), "port": port} for h in hosts or []] if hosts is not None
-                 else [{"host": str(b.get("host")), "port": int(b.get("port") or 0)} for b in backends
-                       if isinstance(b, dict)])
-        endpoints.append({"name": str(ep.get("name") or ""), "port": int(ep.get("port") or 0),
-                          "protocol": str(ep.get("protocol") or "tcp"), "backends": items})
-    return {"private_interface": "ens4", "vrrp_control_interface": "ens4",
-            "virtual_ips": [_vip(konvey.get("vrrp_id"), "ens4", konvey["vip"], 100, _mask(subnet.get("cidr")), False)]
-            if konvey.get("vip") else [], "endpoints": endpoints}
+        port = _int(backends.get("port"))
+        endpoints.append({"name": _name(ep), "port": _int(ep.get("port")),
+                          "protocol": _str(ep.get("protocol")) or "tcp",
+                          "backends": [{"host": str(h), "port": port} for h in backends.get("hosts") or ()]})
+    vips = [vip(konvey.get("vrrp_id"), PRIVATE_IF, konvey["vip"], priority, _mask(subnet.get("cidr")), False)] \
+        if konvey.get("vip") else []
+    return {"private_interface": PRIVATE_IF, "vrrp_control_interface": PRIVATE_IF,
+            "virtual_ips": vips, "endpoints": endpoints}

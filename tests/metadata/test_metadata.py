@@ -1,9 +1,10 @@
 """GET /latest/meta-data over real HTTP against a Kahuna subprocess (issue 10).
 
-Regions, zones, teams and projects are created through the official client. Instance, Kawaii
-and IPsec documents are written into the daemon's embedded store (SQLite WAL, next to the
-running process) with upstream's schema v2 field names, until the compute and services kinds
-land. Source addresses are loopback aliases (all of 127.0.0.0/8 is local): the client socket is
+Regions, zones, teams and projects are created through the official client. Instance, Kawaii,
+IPsec and Konvey documents are written into the daemon's embedded store (SQLite WAL, next to the
+running process) in the shapes the Kompute and appliance flows write (interfaces.md), so that the
+boot storm and the scan have hundreds of instances at no cost; test_instances.py does the same
+with real Komputes and appliances. Source addresses are loopback aliases (all of 127.0.0.0/8 is local): the client socket is
 bound to the instance's "private" address. 127.0.0.2 is the only trusted proxy, so 127.0.0.1
 is an untrusted peer whose X-Forwarded-For must be ignored.
 """
@@ -21,7 +22,7 @@ import kowabunga
 import pytest
 import trio
 
-from kahuna.auth.secrets import seal
+from kahuna.resources.ipsec_psk import seal_psk
 from kahuna.config import from_mapping
 from kahuna.metadata.profile import BASE_FIELDS, IPSEC_FIELDS, KAWAII_FIELDS, KONVEY_FIELDS
 from kahuna.metadata.token import instance_token, verify
@@ -102,19 +103,23 @@ def world(kahuna):
     insert(kahuna, "instance", [a, b, c, gw, lb, stray] + storm)
     insert(kahuna, "kawaii", [{"_id": kawaii_id, "name": "kawaii-p1", "project_id": p1.id,
                                "region_id": region.id, "public_vips": ["127.0.0.50"],
+                               "virtual_ips": [{"zone_id": zone.id, "vrrp_id": 3, "interface": "ens3",
+                                                "vip": "127.0.0.50", "priority": 100, "mask": 24, "public": True}],
                                "firewall": {"ingress": [{"source": "0.0.0.0/0", "protocol": "tcp", "ports": "22"}],
                                             "egress_policy": "accept", "egress": []},
-                               "dnat": [], "instance_ids": [gw["_id"]]}])
-    # services' agreed shape: collection kawaii_ipsec, the PSK sealed under the server secret
-    insert(kahuna, "kawaii_ipsec", [{
-        "_id": ipsec_id, "kawaii_id": kawaii_id, "name": "to-hq", "ip": "127.0.0.50", "xfrm_id": 1,
-        "remote_ip": "198.51.100.7", "remote_subnet": "10.200.0.0/16",
-        "pre_shared_key_sealed": seal(SECRET.encode(), PSK, ipsec_id), "dpd_timeout_action": "restart",
+                               "dnat_rules": [], "vpc_peerings": [],
+                               "appliances": [{"zone_id": zone.id, "instance_id": gw["_id"]}]}])
+    # APPLIANCE's shape: collection ipsec, the PSK sealed under the server secret
+    insert(kahuna, "ipsec", [{
+        "_id": ipsec_id, "kawaii_id": kawaii_id, "project_id": p1.id, "name": "to-hq", "ip": "127.0.0.50",
+        "xfrm_id": 1, "remote_ip": "198.51.100.7", "remote_subnet": "10.200.0.0/16",
+        "pre_shared_key_sealed": seal_psk(SECRET, ipsec_id, PSK), "dpd_timeout_action": "restart",
         "dpd_timeout": "240s", "start_action": "start", "rekey_time": "3h",
         "phase1_dh_group_number": 14, "phase2_dh_group_number": 19,
         "firewall": {"ingress": [{"source": "10.200.0.0/16", "protocol": "tcp", "ports": "443"}]}}])
     insert(kahuna, "konvey", [{"_id": konvey_id, "name": "web", "project_id": p1.id, "region_id": region.id,
                                "vip": "10.0.0.200", "vrrp_id": 7, "failover": False,
+                               "appliances": [{"zone_id": zone.id, "instance_id": lb["_id"]}],
                                "endpoints": [{"name": "https", "port": 443, "protocol": "tcp",
                                               "backends": {"hosts": ["10.0.0.5", "10.0.0.6"], "port": 8443}}]}])
     return {"a": a, "b": b, "c": c, "gw": gw, "lb": lb, "stray": stray, "storm": storm, "p1": p1.id,
@@ -221,6 +226,9 @@ def test_kawaii_appliance_sees_its_psk_and_nobody_else_does(kahuna, world):
     assert (ipsec["phase1_df_group"], ipsec["phase2_df_group"]) == ("modp2048", "ecp256")
     assert (ipsec["dpd_action"], ipsec["rekey"], ipsec["ingress_rules"][0]["ports"]) == ("restart", "3h", "443")
     assert kawaii["public_vip_addresses"] == ["127.0.0.50"] and kawaii["fw_input_rules"][0]["ports"] == "22"
+    # its own zone's VIP: master
+    assert kawaii["virtual_ips"] == [{"vrrp_id": 3, "interface": "ens3", "vip": "127.0.0.50", "priority": 150,
+                                      "mask": 24, "public": True}]
     for who in ("a", "b", "c", "lb", "stray"):
         raw = json.dumps(get(conn(kahuna), by_token(world[who]))[1])
         assert PSK not in raw and "kawaii" not in json.loads(raw)
@@ -312,7 +320,7 @@ def test_konvey_appliance_profile(kahuna, world):
     check_types(body, BASE_TYPES)
     for vip in konvey["virtual_ips"]:
         check_types(vip, VIP_TYPES)
-    assert konvey["virtual_ips"] == [{"vrrp_id": 7, "interface": "ens4", "vip": "10.0.0.200", "priority": 100,
+    assert konvey["virtual_ips"] == [{"vrrp_id": 7, "interface": "ens4", "vip": "10.0.0.200", "priority": 150,
                                       "mask": 0, "public": False}]
     assert konvey["endpoints"] == [{"name": "https", "port": 443, "protocol": "tcp",
                                     "backends": [{"host": "10.0.0.5", "port": 8443}, {"host": "10.0.0.6", "port": 8443}]}]
