@@ -25,6 +25,7 @@ from .base import Store
 from .cache import CachedStore
 from .embedded import EmbeddedStore
 from .mongo import MongoStore
+from .observed import ObservedStore
 
 EMBEDDED_FILE = "kahuna.sqlite3"
 
@@ -37,10 +38,12 @@ def build_store(
     cache_enabled: bool,
     cache_max_entries: int,
     cache_ttl_seconds: float,
+    observed: bool = False,
 ) -> Store:
     """MongoDB when `db_uri` is set, else SQLite at `data_dir/kahuna.sqlite3` (the no-server
     default); wrapped in a CachedStore when enabled. Creates `data_dir` (0700: it holds every
-    secret hash we keep) when missing. Does not open the store."""
+    secret hash we keep) when missing. Does not open the store. `observed`: the backend is
+    wrapped in an ObservedStore (operation latencies, write listeners: the server's metrics)."""
     store: Store
     if db_uri:
         store = MongoStore(db_uri, db_name)
@@ -50,6 +53,8 @@ def build_store(
             data_dir.mkdir(mode=0o700, parents=True)
             os.chmod(data_dir, 0o700)  # mkdir's mode is filtered by the umask
         store = EmbeddedStore(data_dir / EMBEDDED_FILE)
+    if observed:
+        store = ObservedStore(store)
     if cache_enabled:
         store = CachedStore(store, max_entries=cache_max_entries, ttl_seconds=cache_ttl_seconds)
     return store
@@ -64,6 +69,7 @@ async def open_store(
     cache_enabled: bool,
     cache_max_entries: int,
     cache_ttl_seconds: float,
+    observed: bool = False,
 ) -> AsyncIterator[Store]:
     """`build_store(...)`, opened (Unavailable if it cannot be), and closed on exit."""
     store = build_store(
@@ -73,6 +79,7 @@ async def open_store(
         cache_enabled=cache_enabled,
         cache_max_entries=cache_max_entries,
         cache_ttl_seconds=cache_ttl_seconds,
+        observed=observed,
     )
     await store.open()
     try:
