@@ -23,6 +23,7 @@ import trio
 
 from kahuna.logs import get_logger
 from kahuna.orchestrator.agent_calls import AgentCalls, NoAgent
+from kahuna.orchestrator.flows import register_undo
 from kahuna.resources.compute import listing_agent
 from kahuna.resources.dns import RECORD
 from kahuna.resources.errors import DomainError
@@ -190,6 +191,41 @@ class DnsEffects:
                 await self.reload_agent(res, agent_id)
             except DomainError as exc:
                 log.warning("kiwi not reloaded", agent=agent_id, error=exc.reason)
+
+
+async def instance_record_created(res, *, region_id: str, domain: str, name: str, addresses: list[str]) -> None:
+    """An instance's A record `name.<domain>` on the region's Kiwi agents (raises like a record
+    push: 503 when the region has Kiwi agents but none connected, the agent's 502/504)."""
+    doc = {"region_id": region_id, "domain": domain, "name": name, "addresses": list(addresses)}
+    effects = DnsEffects(res.extras.get("hub"))
+    async with res.kind_lock(RECORD):  # never between a Reload's reading and its sending
+        await effects._push(res, doc, [_create(doc)], [_delete(doc)])
+
+
+async def instance_record_deleted(res, *, region_id: str, domain: str, name: str) -> None:
+    """Remove an instance's A record from the region's connected Kiwi agents; quiet (an agent
+    away or failing is logged: its next Reload, which no longer carries the instance, fixes it)."""
+    effects = DnsEffects(res.extras.get("hub"))
+    method, params = _delete({"domain": domain, "name": name})
+    async with res.kind_lock(RECORD):
+        try:
+            agents = effects.calls.eligible(await effects.region_agents(res, region_id), method)
+        except DomainError:  # the region is gone, its Kiwis with it
+            return
+        for agent_id in agents:
+            try:
+                with trio.fail_after(UNDO_TIMEOUT):
+                    await effects.calls.call(agent_id, method, params, timeout=UNDO_TIMEOUT)
+            except (DomainError, trio.TooSlowError) as exc:
+                log.warning("instance record not removed; the agent catches up at its next reload",
+                            agent=agent_id, error=getattr(exc, "reason", "timed out"))
+
+
+async def _undo_instance_record(res, data: Doc) -> None:
+    await instance_record_deleted(res, region_id=data["region_id"], domain=data["domain"], name=data["name"])
+
+
+register_undo("dns.instance", _undo_instance_record)
 
 
 def _merged(domains: list[dict]) -> list[dict]:

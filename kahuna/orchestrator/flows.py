@@ -13,7 +13,13 @@ counts as deleted), since a step may have been recorded but never run, or run tw
         await flow.step("image", do=make_image, undo="volume.image", data={"pool": p, "image": i})
     # leaving the block normally marks the flow done (and drops its document)
 
-Flow document: {kind, target, state: running|undoing, steps: [{name, undo, data}], started_at}.
+Forward flows (a delete goes forward, not back): `start(resume=plan)` stores the plan — every
+fact the work needs, read before anything goes — and the runner marks each step `mark_done` once
+it is; `recover` then calls the function registered for the flow's kind (`register_resume`) with
+the reloaded flow, which runs the steps not done yet. Those must be idempotent as well.
+
+Flow document: {kind, target, state: running|undoing, steps: [{name, undo, data}], started_at}
+(+ {mode: "resume", plan, done: [step names]} for forward flows).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ UNDO_TIMEOUT = 60.0  # bound on each undo call (shielded: it must not hang a can
 
 Undo = Callable[[Any, dict], Awaitable[None]]
 _UNDOS: dict[str, Undo] = {}
+Resume = Callable[[Any, "Flow"], Awaitable[None]]
+_RESUMES: dict[str, Resume] = {}
 _LIVE: set[str] = set()  # flows running in this process: never "recovered" under their feet
 RETRY_SECONDS = 2.0
 
@@ -42,6 +50,14 @@ def register_undo(name: str, fn: Undo) -> Undo:
     if name in _UNDOS and _UNDOS[name] is not fn:
         raise ValueError(f"undo {name!r} declared twice")
     _UNDOS[name] = fn
+    return fn
+
+
+def register_resume(kind: str, fn: Resume) -> Resume:
+    """Declare how a restarted server finishes a forward flow of this kind."""
+    if kind in _RESUMES and _RESUMES[kind] is not fn:
+        raise ValueError(f"resume {kind!r} declared twice")
+    _RESUMES[kind] = fn
     return fn
 
 
@@ -59,16 +75,49 @@ class Flow:
         self.target = target
         self.id = new_id()
         self.steps: list[dict] = []
+        self.plan: dict | None = None  # forward flows only
+        self.done: list[str] = []
         self._started = False
 
-    async def start(self) -> "Flow":
+    async def start(self, *, resume: dict | None = None) -> "Flow":
+        """Store the flow. With `resume` (a plan), a forward flow: finished, never undone."""
         from kahuna.resources.service import utcnow  # the store's time precision
-        await self.res.store.insert(COLLECTION, {"_id": self.id, "kind": self.kind, "target": self.target,
-                                                 "state": "running", "steps": [],
-                                                 "started_at": utcnow()})
+        if resume is not None and self.kind not in _RESUMES:
+            raise ValueError(f"flow {self.kind!r} has no registered resume")
+        doc = {"_id": self.id, "kind": self.kind, "target": self.target, "state": "running", "steps": [],
+               "started_at": utcnow()}
+        if resume is not None:
+            self.plan = dict(resume)
+            doc.update(mode="resume", plan=self.plan, done=[])
+        with trio.CancelScope(shield=True):
+            await self.res.store.insert(COLLECTION, doc)
         self._started = True
         _LIVE.add(self.id)
         return self
+
+    @classmethod
+    def loaded(cls, res, doc: dict) -> "Flow":
+        """A stored flow, to go on with (recovery of a forward flow)."""
+        flow = cls(res, doc.get("kind", ""), doc.get("target", ""))
+        flow.id = doc["_id"]
+        flow.steps = list(doc.get("steps") or [])
+        flow.plan = doc.get("plan")
+        flow.done = list(doc.get("done") or [])
+        flow._started = True
+        return flow
+
+    def is_done(self, name: str) -> bool:
+        return name in self.done
+
+    async def mark_done(self, name: str) -> None:
+        """A forward step is over: recovery will not run it again."""
+        self.done.append(name)
+        with trio.CancelScope(shield=True):
+            await self.res.store.update_fields(COLLECTION, self.id, {"done": self.done})
+
+    def release(self) -> None:
+        """Hand a stored forward flow over to recovery (`recover_loop` finishes it)."""
+        _LIVE.discard(self.id)
 
     async def step(self, name: str, do: Callable[..., Awaitable[Any]], *, undo: str | None = None,
                    data: dict | None = None) -> Any:
@@ -170,11 +219,38 @@ async def recover(res) -> int:
     for flow in flows:
         if flow["_id"] in _LIVE:
             continue
+        if flow.get("mode") == "resume":
+            if await _resume(res, flow):
+                done += 1
+            continue
         log.warning("recovering an unfinished flow", flow=flow.get("kind"), target=flow.get("target"),
                     steps=[s.get("name") for s in flow.get("steps") or ()])
         if await _undo_steps(res, flow["_id"], flow.get("kind", ""), flow.get("steps") or []):
             done += 1
     return done
+
+
+async def _resume(res, doc: dict) -> bool:
+    """Finish a forward flow; True when it is done (its document dropped)."""
+    fn = _RESUMES.get(doc.get("kind", ""))
+    if fn is None:
+        log.error("forward flow has no known resume", flow=doc.get("kind"), target=doc.get("target"))
+        return False
+    log.warning("finishing an unfinished flow", flow=doc.get("kind"), target=doc.get("target"),
+                done=list(doc.get("done") or ()))
+    flow = Flow.loaded(res, doc)
+    _LIVE.add(flow.id)  # not picked up twice meanwhile
+    try:
+        with trio.fail_after(UNDO_TIMEOUT):
+            await fn(res, flow)
+    except Exception as exc:
+        log.error("flow not finished yet", flow=doc.get("kind"), target=doc.get("target"),
+                  error=getattr(exc, "reason", None) or repr(exc))
+        return False
+    finally:
+        _LIVE.discard(flow.id)
+    await _drop(res, flow.id)
+    return True
 
 
 async def pending(res) -> int:

@@ -1,30 +1,40 @@
 """Kompute create and delete as durable flows (kahuna.orchestrator.flows).
 
-Create, each step recorded (with its undo's data) before it runs: the Kompute document, the quota
-(instances + 1, vCPUs, memory, storage = disk + data_disk), placement on a Kaktus of the zone
-(kahuna.orchestrator.placement), the OS volume `<name>-os` cloned from the template and the data
-volume `<name>-data` (kahuna.orchestrator.volumes), the instance document, the cloud-init ISO
-`<name>-cloudinit` (kahuna.cloudinit, `CreateIsoVolume`, base64), the domain (`CreateInstance`
-with kahuna.orchestrator.virtxml's XML), then start. Any failure undoes in reverse; the agent's
-error (502/503/504) or the quota's 507 reaches the client.
-Delete: domain (`DeleteInstance`, a domain already gone counts), ISO, volumes, documents, usage.
-Not landed yet: network adapters (private/public), DNS records, region-level placement.
+Create (`create_kompute`, or the route's hooks), each step recorded with its undo's data before it
+runs: the Kompute document; the quota (instances + 1, vCPUs, memory); under one placement lock
+(never held across an agent call): the name check (no instance, no RBD image of that name), the
+choice of a Kaktus (kahuna.orchestrator.placement), its usage reserved and the instance document
+inserted — so parallel creates never overcommit a host nor share image names; the OS volume
+`<name>-os` cloned from the template and the data volume `<name>-data` (storage quota with them,
+kahuna.orchestrator.volumes); the adapters (kahuna.orchestrator.adapters): `<name>-private-adapter`
+on the project's private subnet of the region (its address is the instance's `local_ip`),
+`<name>-public-adapter` on the region's public subnet (an address only when `public`), one
+`<name>-peering-<i>-adapter` per peering subnet; the instance's A record `name.<project domain>`
+on the region's Kiwis (kahuna.orchestrator.dns); the cloud-init ISO `<name>-cloudinit`
+(`CreateIsoVolume`, base64); the domain (`CreateInstance` with kahuna.orchestrator.virtxml's XML,
+NICs included), then start. Any failure undoes in reverse, and a SIGKILL is undone at restart.
+
+Delete is a *forward* flow: its plan (every id and name involved) is stored first, each step
+marked done when it is; a failure or a SIGKILL leaves the flow stored and recovery finishes it
+(domain, ISO, volumes, adapters, DNS record, documents, usage). A delete goes forward, not back.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable
 
 from kahuna import cloudinit
 from kahuna.logs import get_logger
 from kahuna.metadata.token import instance_token
-from kahuna.orchestrator import placement, virtxml
+from kahuna.orchestrator import dns, placement, virtxml
+from kahuna.orchestrator.adapters import create_adapter, delete_adapter
 from kahuna.orchestrator.agent_calls import AgentCalls
-from kahuna.orchestrator.flows import Flow, register_undo
+from kahuna.orchestrator.flows import Flow, register_resume, register_undo
 from kahuna.orchestrator.volumes import VolumeEffects, delete_image
 from kahuna.resources import quota
-from kahuna.resources.errors import DomainError, NotFoundError
+from kahuna.resources.errors import ConflictError, DomainError, Missing, NotFoundError
 from kahuna.resources.service import utcnow
 from kahuna.resources.volume import pool_and_template
 from kahuna.store import errors as store_errors
@@ -33,15 +43,150 @@ from kahuna.store.base import new_id
 log = get_logger("kahuna.komputes")
 
 Doc = dict[str, Any]
+MetaExtras = Callable[[Any, Doc], Awaitable[dict]]
 START = 1  # InstanceOperation actions (upstream-kahuna §3.4)
+PLACEMENT_LOCK = ("kompute-placement",)
+DELETE_FLOW = "kompute.delete"
+_META_EXTRAS: dict[str, MetaExtras] = {}  # profile -> the appliance's cloud-init controller fields
 
+
+@dataclass(frozen=True)
+class KomputeSpec:
+    """A Kompute to make (the route's body and query, or an appliance's request).
+
+    zone_id "" = region level (placement picks the zone); memory/disk/data_disk in bytes;
+    profile "kawaii"/"konvey" for appliances, with profile_id the appliance's id;
+    peering_subnet_ids: one extra adapter (address assigned) per subnet (Kawaii VPC peering)."""
+
+    project_id: str
+    region_id: str
+    zone_id: str
+    name: str
+    vcpus: int
+    memory: int
+    disk: int
+    data_disk: int = 0
+    public: bool = False
+    pool_id: str = ""
+    template_id: str = ""
+    description: str = ""
+    profile: str = ""
+    profile_id: str = ""
+    kwarantine_ids: tuple[str, ...] = ()
+    exclude_kaktus_ids: frozenset[str] = field(default_factory=frozenset)
+    peering_subnet_ids: tuple[str, ...] = ()
+
+
+def register_meta_extras(profile: str, fn: MetaExtras) -> None:
+    """The controller fields (`controller_url`, `controller_agent_id`, `controller_agent_token`)
+    of an appliance profile's cloud-init, asked each time its ISO is (re)built — also after a
+    restart, so an appliance module registers it at import."""
+    _META_EXTRAS[profile] = fn
+
+
+async def create_kompute(res, spec: KomputeSpec, *, meta_extras: MetaExtras | None = None) -> Doc:
+    """The whole durable create (its own flow); the Kompute document. Nothing is left on failure."""
+    if meta_extras is not None and spec.profile:
+        register_meta_extras(spec.profile, meta_extras)
+    payload = {"name": spec.name, "description": spec.description, "vcpus": spec.vcpus, "memory": spec.memory,
+               "disk": spec.disk, "data_disk": spec.data_disk, "kwarantines": list(spec.kwarantine_ids)}
+    location = ("zone_id", spec.zone_id) if spec.zone_id else ("region_id", spec.region_id)
+    return await res.create("kompute", payload, owner_id=spec.project_id, location=location, spec=spec,
+                            meta_extras=meta_extras)
+
+
+def spec_fields(spec: KomputeSpec) -> Doc:
+    """What the Kompute document keeps of a spec beyond its API fields."""
+    return {"public": spec.public, "pool_id": spec.pool_id, "template_id": spec.template_id,
+            "profile": spec.profile, "profile_id": spec.profile_id,
+            "peering_subnet_ids": list(spec.peering_subnet_ids),
+            "exclude_kaktus_ids": sorted(spec.exclude_kaktus_ids)}
+
+
+async def delete_kompute(res, kompute_id: str) -> None:
+    """Delete a Kompute and all it holds (durable, forward); one already gone counts as deleted."""
+    try:
+        await res.delete("kompute", kompute_id)
+    except NotFoundError:
+        return
+
+
+async def refresh_iso(res, instance_id: str) -> None:
+    """Re-render the instance's cloud-init; `UpdateIsoVolume` when what it carries changed."""
+    effects = KomputeEffects(res.extras.get("hub"))
+    instance = await res.get("instance", instance_id)
+    files, pool = await effects.instance_files(res, instance)
+    digest = cloudinit.digest(files)
+    if digest == instance.get("iso_digest"):
+        return
+    iso = cloudinit.build_iso(files)
+    await effects.volumes.call(pool, "UpdateIsoVolume", {
+        "Pool": pool["libvirt_pool"], "Volume": instance["iso_volume"], "Size": len(iso),
+        "Content": base64.b64encode(iso).decode()})
+    await res.set_fields("instance", instance_id, {"iso_digest": digest})
+    log.info("cloud-init ISO refreshed", instance=instance_id)
+
+
+# ------------------------------------------------------------------------------ network facts
+# (kahuna.resources.project_net, NET's module, when it is there; else the stored shapes)
+
+async def private_subnet(res, project: Doc, region_id: str) -> Doc:
+    try:
+        from kahuna.resources import project_net
+    except ImportError:
+        project_net = None
+    if project_net is not None:
+        return await project_net.private_subnet(res, project, region_id)
+    subnet_id = (project.get("private_subnets") or {}).get(region_id)
+    if not subnet_id:
+        raise Missing(f"project {project.get('name')} has no private subnet in region {region_id}")
+    return await res.get("subnet", subnet_id)
+
+
+async def zone_gateway(res, project: Doc, zone_id: str) -> str:
+    try:
+        from kahuna.resources import project_net
+    except ImportError:
+        return (project.get("zone_gateways") or {}).get(zone_id, "")
+    try:
+        return await project_net.zone_gateway(res, project, zone_id)
+    except DomainError:
+        return ""
+
+
+async def public_subnet(res, region_id: str, public: bool) -> Doc | None:
+    """The region's public subnet for the public NIC; None when the region has no public
+    network and no address is wanted (a 422 when one is)."""
+    try:
+        from kahuna.resources import project_net
+    except ImportError:
+        project_net = None
+    if project_net is not None:
+        try:
+            return await project_net.public_subnet(res, region_id, 1 if public else 0)
+        except Missing:
+            if public:
+                raise
+            return None
+    for vnet in await res.list("vnet", region_id):
+        if vnet.get("private", True):
+            continue
+        subnets = await res.list("subnet", vnet["_id"])
+        default = (vnet.get("defaults") or {}).get("subnet_id")
+        subnets.sort(key=lambda s: (s["_id"] != default, s["_id"]))
+        if subnets:
+            return subnets[0]
+    if public:
+        raise Missing(f"region {region_id} has no public network for a public Kompute")
+    return None
+
+
+# ------------------------------------------------------------------------------------- create
 
 class KomputeEffects:
     def __init__(self, hub: Any) -> None:
         self.calls = AgentCalls(hub)
         self.volumes = VolumeEffects(hub)
-
-    # ---------------------------------------------------------------------------- create
 
     async def create(self, res, kompute: Doc) -> None:
         flow = await Flow(res, "kompute.create", kompute["_id"]).start()
@@ -60,54 +205,105 @@ class KomputeEffects:
             await res.list("zone", region["_id"])
         pool, template = await pool_and_template(res, region, kompute.get("pool_id") or "",
                                                  kompute.get("template_id") or "")
+        private = await private_subnet(res, project, region["_id"])
+        public = await public_subnet(res, region["_id"], bool(kompute.get("public")))
         vcpus, memory = int(kompute["vcpus"]), int(kompute["memory"])
         disk, data_disk = int(kompute["disk"]), int(kompute.get("data_disk") or 0)
         delta = {"instances": 1, "vcpus": vcpus, "memory": memory}
         await quota.reserve(res, project["_id"], **delta)
         await flow.record("quota", undo="project.usage", data={"project_id": project["_id"], "delta": delta})
-        kaktus = await self.place(res, kompute, zones, scope=f"region {region.get('name')}"
-                                  if not kompute.get("zone_id") else "")
-        zone = next(z for z in zones if z["_id"] == kaktus["zone_id"])
+        name = kompute["name"]
+        images = [f"{name}-os", f"{name}-cloudinit"] + ([f"{name}-data"] if data_disk else [])
+        instance_id = new_id()
+        async with res.locks.hold(PLACEMENT_LOCK):  # place + reserve as one: no overcommit, no name clash
+            await self._check_names(res, name, pool, images)
+            kaktus = await self.place(res, kompute, zones, scope=f"region {region.get('name')}"
+                                      if not kompute.get("zone_id") else "")
+            await kaktus_usage(res, kaktus["_id"], vcpus, memory, 1)
+            await flow.record("kaktus usage", undo="kaktus.usage",
+                              data={"kaktus_id": kaktus["_id"], "vcpus": vcpus, "memory": memory, "instances": 1})
+            zone = next(z for z in zones if z["_id"] == kaktus["zone_id"])
+            now = utcnow()
+            instance = {"_id": instance_id, "schema_version": 2, "created_at": now, "updated_at": now,
+                        "project_id": project["_id"], "zone_id": zone["_id"], "region_id": region["_id"],
+                        "kaktus_id": kaktus["_id"], "name": name, "description": kompute.get("description", ""),
+                        "vcpus": vcpus, "memory": memory, "volume_ids": [], "adapter_ids": [], "local_ip": "",
+                        "public_ip": "", "profile": kompute.get("profile") or "",
+                        "profile_id": kompute.get("profile_id") or "", "metadata_generation": 0,
+                        "iso_volume": f"{name}-cloudinit", "iso_digest": "",
+                        "cost": {"price": 0.0, "currency": "EUR"}}
+            await flow.record("instance", undo="store.delete", data={"collection": "instance", "id": instance_id})
+            await res.store.insert("instance", instance)
         if kompute.get("zone_id") != zone["_id"]:
             kompute["zone_id"] = zone["_id"]
             await res.store.update_fields("kompute", kompute["_id"], {"zone_id": zone["_id"]})
-        name = kompute["name"]
         volumes = [self._volume_doc(kompute, pool, f"{name}-os", "os", disk, template["_id"])]
         if data_disk:
             volumes.append(self._volume_doc(kompute, pool, f"{name}-data", "raw", data_disk, ""))
-        instance_id = new_id()
         for vol in volumes:
             vol["instance_id"] = instance_id
             await res.store.insert("volume", vol)
             await self.volumes.create_in(res, vol, flow)  # records document, storage quota, image
-        now = utcnow()
-        instance = {"_id": instance_id, "schema_version": 2, "created_at": now, "updated_at": now,
-                    "project_id": project["_id"], "zone_id": zone["_id"], "region_id": region["_id"],
-                    "kaktus_id": kaktus["_id"], "name": name, "description": kompute.get("description", ""),
-                    "vcpus": vcpus, "memory": memory, "volume_ids": [v["_id"] for v in volumes],
-                    "adapter_ids": [], "local_ip": "", "profile": "", "profile_id": "",
-                    "metadata_generation": 0, "iso_volume": f"{name}-cloudinit", "iso_digest": "",
-                    "cost": {"price": 0.0, "currency": "EUR"}}
-        await res.store.insert("instance", instance)
-        await flow.record("instance", undo="store.delete", data={"collection": "instance", "id": instance_id})
-        files = self.cloudinit_files(res, project, region, zone, instance, template)
+        instance["volume_ids"] = [v["_id"] for v in volumes]
+        await self._adapters(res, flow, kompute, instance, private, public)
+        await res.store.update_fields("instance", instance_id, {
+            k: instance[k] for k in ("volume_ids", "adapter_ids", "local_ip", "public_ip")})
+        await self._dns(res, flow, project, instance)
+        files, _ = await self.instance_files(res, instance)
         iso = cloudinit.build_iso(files)
         instance["iso_digest"] = cloudinit.digest(files)
         await flow.step("iso", lambda: self.volumes.call(pool, "CreateIsoVolume", {
             "Pool": pool["libvirt_pool"], "Volume": instance["iso_volume"], "Size": len(iso),
             "Content": base64.b64encode(iso).decode()}),
             undo="volume.image", data={"pool_id": pool["_id"], "image": instance["iso_volume"]})
-        xml = await self.domain_xml(kaktus, pool, instance, volumes, template)
+        xml = await self.domain_xml(kaktus, pool, instance, volumes, template,
+                                    nics=await self.nics(res, instance))
         agent_id = self.calls.pick(kaktus.get("agent_ids") or (), "CreateInstance", f"Kaktus {kaktus['name']}")
         await flow.step("domain", lambda: self.calls.call(agent_id, "CreateInstance", {"Name": name, "XML": xml}),
                         undo="kaktus.domain", data={"kaktus_id": kaktus["_id"], "name": name})
         await self.calls.call(agent_id, "InstanceOperation", {"Name": name, "Action": START})
         await res.store.update_fields("instance", instance_id, {"iso_digest": instance["iso_digest"]})
-        await res.store.update_fields("kompute", kompute["_id"], {"instance_id": instance_id, "ip": ""})
-        kompute["instance_id"], kompute["ip"] = instance_id, ""
-        await self._kaktus_usage(res, kaktus["_id"], vcpus, memory, 1)
+        await res.store.update_fields("kompute", kompute["_id"], {"instance_id": instance_id,
+                                                                  "ip": instance["local_ip"]})
+        kompute["instance_id"], kompute["ip"] = instance_id, instance["local_ip"]
         await join_kwarantines(res, kompute)
-        log.info("kompute created", kompute=kompute["_id"], instance=instance_id, kaktus=kaktus["_id"])
+        log.info("kompute created", kompute=kompute["_id"], instance=instance_id, kaktus=kaktus["_id"],
+                 ip=instance["local_ip"])
+
+    @staticmethod
+    async def _check_names(res, name: str, pool: Doc, images: list[str]) -> None:
+        """Instance names are global (upstream), and they name the RBD images of the pool."""
+        if await res.list("instance", name=name):
+            raise ConflictError(f"name: an instance named {name} already exists")
+        for image in images:
+            if await res.list("volume", storage_pool_id=pool["_id"], image=image):
+                raise ConflictError(f"name: storage pool {pool.get('name')} already holds an image {image}")
+
+    async def _adapters(self, res, flow: Flow, kompute: Doc, instance: Doc, private: Doc,
+                        public: Doc | None) -> None:
+        name, project_id = kompute["name"], kompute["project_id"]
+        adapter = await create_adapter(res, flow, subnet_id=private["_id"], name=f"{name}-private-adapter",
+                                       project_id=project_id, assign_ip=True)
+        instance["adapter_ids"].append(adapter["_id"])
+        instance["local_ip"] = (adapter.get("addresses") or [""])[0]
+        if public is not None:
+            adapter = await create_adapter(res, flow, subnet_id=public["_id"], name=f"{name}-public-adapter",
+                                           project_id=project_id, assign_ip=bool(kompute.get("public")))
+            instance["adapter_ids"].append(adapter["_id"])
+            instance["public_ip"] = (adapter.get("addresses") or [""])[0]
+        for i, subnet_id in enumerate(kompute.get("peering_subnet_ids") or ()):
+            adapter = await create_adapter(res, flow, subnet_id=subnet_id, name=f"{name}-peering-{i}-adapter",
+                                           project_id=project_id, assign_ip=True)
+            instance["adapter_ids"].append(adapter["_id"])
+
+    @staticmethod
+    async def _dns(res, flow: Flow, project: Doc, instance: Doc) -> None:
+        domain = project.get("domain") or ""
+        if not domain or not instance["local_ip"]:
+            return
+        data = {"region_id": instance["region_id"], "domain": domain, "name": instance["name"]}
+        await flow.step("dns", lambda: dns.instance_record_created(res, **data, addresses=[instance["local_ip"]]),
+                        undo="dns.instance", data=data)
 
     @staticmethod
     def _volume_doc(kompute: Doc, pool: Doc, name: str, vtype: str, size: int, template_id: str) -> Doc:
@@ -132,22 +328,69 @@ class KomputeEffects:
         request = placement.PlacementRequest(name=kompute["name"], vcpus=int(kompute["vcpus"]),
                                              memory=int(kompute["memory"]),
                                              scope=scope or f"zone {zones[0].get('name') if zones else ''}",
-                                             kwarantines=tuple(await kwarantines_of(res, kompute)))
+                                             kwarantines=tuple(await kwarantines_of(res, kompute)),
+                                             exclude_hosts=frozenset(kompute.get("exclude_kaktus_ids") or ()))
         return by_id[placement.choose_host(request, candidates).id]
 
-    def cloudinit_files(self, res, project: Doc, region: Doc, zone: Doc, instance: Doc, template: Doc) -> dict:
+    # ------------------------------------------------------------------------ cloud-init, XML
+
+    async def adapter_facts(self, res, instance: Doc) -> list[tuple[Doc, Doc, Doc]]:
+        """(adapter, subnet, vnet) of the instance's NICs in guest device order: the adapter on a
+        public network first, then the others in `adapter_ids` order (upstream §3.1 step 3)."""
+        out = []
+        for adapter_id in instance.get("adapter_ids") or ():
+            try:
+                adapter = await res.get("adapter", adapter_id)
+                subnet = await res.get("subnet", adapter["subnet_id"])
+                vnet = await res.get("vnet", subnet["vnet_id"])
+            except NotFoundError:
+                continue
+            out.append((adapter, subnet, vnet))
+        out.sort(key=lambda t: bool(t[2].get("private", True)))  # stable: public first
+        return out
+
+    async def nics(self, res, instance: Doc) -> tuple[virtxml.NicSpec, ...]:
+        return tuple(virtxml.NicSpec(mac=a["mac"], bridge=v["interface"])
+                     for a, _, v in await self.adapter_facts(res, instance))
+
+    async def instance_files(self, res, instance: Doc) -> tuple[dict, Doc]:
+        """The cloud-init files of a stored instance (and the pool of its OS volume)."""
+        project = await res.get("project", instance["project_id"])
+        region = await res.get("region", instance["region_id"])
+        zone = await res.get("zone", instance["zone_id"])
+        os_volume = await res.get("volume", instance["volume_ids"][0])
+        pool = await res.get("pool", os_volume["storage_pool_id"])
+        template = await res.get("template", os_volume["template_id"])
+        adapters = tuple(cloudinit.NetAdapter(
+            mac=a["mac"], cidr=s["cidr"], addresses=tuple(a.get("addresses") or ()), gateway=s.get("gateway", ""),
+            dns=s.get("dns", ""), routes=tuple(s.get("routes") or ()))
+            for a, s, _ in await self.adapter_facts(res, instance))
+        extras: dict = {}
+        hook = _META_EXTRAS.get(instance.get("profile") or "")
+        if hook is not None:
+            extras = dict(await hook(res, instance))
+        files = self.cloudinit_files(res, project, region, zone, instance, template, adapters=adapters,
+                                     zone_gateway=await zone_gateway(res, project, zone["_id"]), extras=extras)
+        return files, pool
+
+    def cloudinit_files(self, res, project: Doc, region: Doc, zone: Doc, instance: Doc, template: Doc, *,
+                        adapters: tuple = (), zone_gateway: str = "", extras: dict | None = None) -> dict:
         config, secrets = res.extras.get("config"), res.extras.get("secrets")
         public_url = getattr(config, "public_url", "http://127.0.0.1:8080") if config else "http://127.0.0.1:8080"
         token = instance_token(secrets.server_secret, instance["_id"], instance["metadata_generation"]) if secrets else ""
         profile = cloudinit.CloudInitProfile(
             hostname=instance["name"], instance_id=instance["_id"], os=template.get("os", "linux"),
+            profile=instance.get("profile") or "",
             domain=project.get("domain") or region.get("domain", ""), region=region.get("name", ""),
             zone=zone.get("name", ""), service_user=project.get("bootstrap_user") or "kowabunga",
             service_user_pubkey=project.get("bootstrap_pubkey", ""),
-            metadata_url=public_url + "/latest/meta-data", metadata_token=token)
+            metadata_url=public_url + "/latest/meta-data", metadata_token=token,
+            local_ip=instance.get("local_ip") or "", zone_gateway=zone_gateway, adapters=tuple(adapters),
+            **(extras or {}))
         return cloudinit.render(profile)
 
-    async def domain_xml(self, kaktus: Doc, pool: Doc, instance: Doc, volumes: list[Doc], template: Doc) -> str:
+    async def domain_xml(self, kaktus: Doc, pool: Doc, instance: Doc, volumes: list[Doc], template: Doc,
+                         nics: tuple = ()) -> str:
         listen = "127.0.0.1"
         agents = kaktus.get("agent_ids") or ()
         if self.calls.eligible(agents, "GetLibvirtEndpoint"):
@@ -164,25 +407,15 @@ class KomputeEffects:
                                       monitors, secret, cdrom=True))
         return virtxml.domain_xml(virtxml.DomainSpec(
             name=instance["name"], vcpus=instance["vcpus"], memory=instance["memory"], spice_listen=listen,
-            os=template.get("os", "linux"), description=instance.get("description", ""), disks=tuple(disks)))
-
-    async def _kaktus_usage(self, res, kaktus_id: str, vcpus: int, memory: int, instances: int) -> None:
-        async with res.locks.hold(("kaktus-usage", kaktus_id)):
-            try:
-                k = await res.get("kaktus", kaktus_id)
-            except NotFoundError:
-                return
-            usage = dict(k.get("usage") or {})
-            usage["vcpus"] = max(0, int(usage.get("vcpus", 0)) + vcpus)
-            usage["memory"] = max(0, int(usage.get("memory", 0)) + memory)
-            usage["instances"] = max(0, int(usage.get("instances", 0)) + instances)
-            await res.set_fields("kaktus", kaktus_id, {"usage": usage})
+            os=template.get("os", "linux"), description=instance.get("description", ""), disks=tuple(disks),
+            nics=tuple(nics)))
 
     # ---------------------------------------------------------------------------- update
 
     async def update(self, res, old: Doc, new: Doc) -> None:
         """Quota for the positive deltas first; volumes grown (`ResizeVolume`); on a CPU/RAM
-        change the domain is re-defined (`UpdateInstance`) and rebooted only when running."""
+        change the domain is re-defined (`UpdateInstance`) and rebooted only when running;
+        the cloud-init ISO refreshed when what it carries changed."""
         instance = await res.get("instance", new["instance_id"])
         dv, dm = int(new["vcpus"]) - int(old["vcpus"]), int(new["memory"]) - int(old["memory"])
         volumes = [await res.get("volume", v) for v in instance.get("volume_ids") or ()]
@@ -198,13 +431,14 @@ class KomputeEffects:
             await quota.release(res, new["project_id"], **delta)
             raise
         if not (dv or dm or new.get("description") != old.get("description")):
+            await refresh_iso(res, instance["_id"])
             return
         kaktus = await res.get("kaktus", instance["kaktus_id"])
         pool = await res.get("pool", volumes[0]["storage_pool_id"])
         template = await res.get("template", volumes[0]["template_id"])
         instance.update(vcpus=int(new["vcpus"]), memory=int(new["memory"]), description=new.get("description", ""))
         xml = await self.domain_xml(kaktus, pool, instance, [await res.get("volume", v["_id"]) for v in volumes],
-                                    template)
+                                    template, nics=await self.nics(res, instance))
         agents, what = kaktus.get("agent_ids") or (), f"Kaktus {kaktus['name']}"
         try:
             await self.calls.call_one(agents, "UpdateInstance", {"Name": instance["name"], "XML": xml}, what)
@@ -214,7 +448,8 @@ class KomputeEffects:
         except BaseException:
             await quota.release(res, new["project_id"], **delta)
             raise
-        await self._kaktus_usage(res, kaktus["_id"], dv, dm, 0)
+        await kaktus_usage(res, kaktus["_id"], dv, dm, 0)
+        await refresh_iso(res, instance["_id"])
         if dv or dm:
             _, state = await self.calls.call_one(agents, "GetInstanceState", {"Name": instance["name"]}, what)
             if (state or {}).get("State") == "Running":
@@ -222,34 +457,125 @@ class KomputeEffects:
 
     # ---------------------------------------------------------------------------- delete
 
-    async def delete(self, res, kompute: Doc) -> None:
-        """Domain, ISO, volumes, instance; each agent step must succeed before documents go."""
-        if not kompute.get("instance_id"):
-            return
+    async def delete(self, res, kompute: Doc) -> Flow:
+        """Everything but the Kompute document, as a forward flow; answers the flow, which the
+        caller finishes once the document is gone (`Flow.finish`) — a crash before that makes
+        recovery drop the document too."""
+        plan = await delete_plan(res, kompute)
+        flow = await Flow(res, DELETE_FLOW, kompute["_id"]).start(resume=plan)
         try:
-            instance = await res.get("instance", kompute["instance_id"])
+            await run_delete(res, flow, plan, upto="document")
+        except BaseException:
+            flow.release()  # recovery finishes it (in this process too: recover_loop)
+            raise
+        return flow
+
+
+async def delete_plan(res, kompute: Doc) -> Doc:
+    """Every id and name a Kompute delete needs, read once before anything goes."""
+    plan: Doc = {"kompute_id": kompute["_id"], "project_id": kompute["project_id"],
+                 "kwarantine_ids": list(kompute.get("kwarantine_ids") or ()), "instance": None,
+                 "volumes": [], "pool_id": "", "domain": ""}
+    try:
+        instance = await res.get("instance", kompute.get("instance_id") or "")
+    except NotFoundError:
+        instance = None
+    if instance is None:
+        found = await res.list("instance", name=kompute["name"], project_id=kompute["project_id"])
+        instance = found[0] if found else None  # a create still running or interrupted
+    if instance is None:
+        return plan
+    plan["instance"] = {k: instance.get(k) for k in ("_id", "name", "kaktus_id", "vcpus", "memory", "iso_volume",
+                                                     "adapter_ids", "region_id", "project_id")}
+    for vid in instance.get("volume_ids") or ():
+        try:
+            vol = await res.get("volume", vid)
+        except NotFoundError:
+            continue
+        plan["volumes"].append({"_id": vol["_id"], "size": int(vol["size"]), "project_id": vol["project_id"],
+                                "storage_pool_id": vol["storage_pool_id"], "image": vol.get("image") or vol["name"]})
+        plan["pool_id"] = plan["pool_id"] or vol["storage_pool_id"]
+    try:
+        project = await res.get("project", kompute["project_id"])
+        plan["domain"] = project.get("domain") or ""
+    except NotFoundError:
+        pass
+    return plan
+
+
+def delete_steps(plan: Doc) -> list[str]:
+    inst = plan.get("instance")
+    if not inst:
+        return ["kwarantines", "document"]
+    return (["domain", "iso"] + [f"volume {v['_id']}" for v in plan["volumes"]]
+            + [f"adapter {a}" for a in inst.get("adapter_ids") or ()]
+            + ["dns", "instance", "kwarantines", "document"])
+
+
+async def run_delete(res, flow: Flow, plan: Doc, upto: str = "") -> None:
+    """Run the delete steps not done yet, in order, each marked done; stop before `upto`."""
+    calls = AgentCalls(res.extras.get("hub"))
+    effects = VolumeEffects(res.extras.get("hub"))
+    inst = plan.get("instance") or {}
+    volumes = {f"volume {v['_id']}": v for v in plan["volumes"]}
+    for step in delete_steps(plan):
+        if step == upto:
+            return
+        if flow.is_done(step):
+            continue
+        if step == "domain":
+            await delete_domain(calls, res, inst["kaktus_id"], inst["name"])
+        elif step == "iso":
+            await _delete_pool_image(res, effects, plan["pool_id"], inst.get("iso_volume") or f"{inst['name']}-cloudinit")
+        elif step in volumes:
+            vol = volumes[step]
+            await _delete_pool_image(res, effects, vol["storage_pool_id"], vol["image"])
+            if await _drop(res, "volume", vol["_id"]):
+                await quota.release(res, vol["project_id"], storage=int(vol["size"]))
+        elif step.startswith("adapter "):
+            await delete_adapter(res, step.split(" ", 1)[1])
+        elif step == "dns":
+            if plan.get("domain"):
+                await dns.instance_record_deleted(res, region_id=inst["region_id"], domain=plan["domain"],
+                                                  name=inst["name"])
+        elif step == "instance":
+            if await _drop(res, "instance", inst["_id"]):
+                await quota.release(res, plan["project_id"], instances=1, vcpus=int(inst["vcpus"]),
+                                    memory=int(inst["memory"]))
+                await kaktus_usage(res, inst["kaktus_id"], -int(inst["vcpus"]), -int(inst["memory"]), -1)
+        elif step == "kwarantines":
+            for kid in plan.get("kwarantine_ids") or ():
+                await set_membership(res, kid, "kompute_ids", plan["kompute_id"], False)
+        elif step == "document":
+            await _drop(res, "kompute", plan["kompute_id"])
+        await flow.mark_done(step)
+
+
+async def _resume_delete(res, flow: Flow) -> None:
+    await run_delete(res, flow, flow.plan)
+
+
+async def _delete_pool_image(res, effects: VolumeEffects, pool_id: str, image: str) -> None:
+    try:
+        pool = await res.get("pool", pool_id)
+    except NotFoundError:
+        return
+    await delete_image(effects, pool, image)
+
+
+# ------------------------------------------------------------------------------ usage, groups
+
+async def kaktus_usage(res, kaktus_id: str, vcpus: int, memory: int, instances: int) -> None:
+    async with res.locks.hold(("kaktus-usage", kaktus_id)):
+        try:
+            k = await res.get("kaktus", kaktus_id)
         except NotFoundError:
             return
-        await delete_domain(self.calls, res, instance["kaktus_id"], instance["name"])
-        volumes = []
-        for vid in instance.get("volume_ids") or ():
-            try:
-                volumes.append(await res.get("volume", vid))
-            except NotFoundError:
-                pass
-        pool = await res.get("pool", volumes[0]["storage_pool_id"]) if volumes else None
-        if pool is not None:
-            await delete_image(self.volumes, pool, instance.get("iso_volume") or f"{instance['name']}-cloudinit")
-        for vol in volumes:
-            await self.volumes.delete_image(res, vol)
-            await _drop(res, "volume", vol["_id"])
-            await quota.release(res, vol["project_id"], storage=int(vol["size"]))
-        await _drop(res, "instance", instance["_id"])
-        for kid in kompute.get("kwarantine_ids") or ():
-            await set_membership(res, kid, "kompute_ids", kompute["_id"], False)
-        await quota.release(res, kompute["project_id"], instances=1, vcpus=int(instance["vcpus"]),
-                            memory=int(instance["memory"]))
-        await self._kaktus_usage(res, instance["kaktus_id"], -int(instance["vcpus"]), -int(instance["memory"]), -1)
+        usage = dict(k.get("usage") or {})
+        usage["vcpus"] = max(0, int(usage.get("vcpus", 0)) + vcpus)
+        usage["memory"] = max(0, int(usage.get("memory", 0)) + memory)
+        usage["instances"] = max(0, int(usage.get("instances", 0)) + instances)
+        await res.set_fields("kaktus", kaktus_id, {"usage": usage})
 
 
 async def kwarantines_of(res, kompute: Doc) -> list:
@@ -313,15 +639,28 @@ async def delete_domain(calls: AgentCalls, res, kaktus_id: str, name: str) -> No
             raise
 
 
-async def _drop(res, collection: str, doc_id: str) -> None:
+async def _drop(res, collection: str, doc_id: str) -> bool:
+    """Delete a document; True when it was there (so what it held is given back once)."""
     try:
         await res.store.delete(collection, doc_id)
     except store_errors.NotFound:
-        pass
+        return False
+    return True
 
 
 async def _undo_domain(res, data: Doc) -> None:
     await delete_domain(AgentCalls(res.extras.get("hub")), res, data["kaktus_id"], data["name"])
 
 
+async def _undo_kaktus_usage(res, data: Doc) -> None:
+    await kaktus_usage(res, data["kaktus_id"], -int(data["vcpus"]), -int(data["memory"]), -int(data["instances"]))
+
+
+async def _undo_kompute(res, data: Doc) -> None:
+    await delete_kompute(res, data["kompute_id"])
+
+
 register_undo("kaktus.domain", _undo_domain)
+register_undo("kaktus.usage", _undo_kaktus_usage)
+register_undo("kompute.delete", _undo_kompute)
+register_resume(DELETE_FLOW, _resume_delete)

@@ -18,22 +18,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from kahuna.orchestrator.komputes import KomputeEffects
+from kahuna.orchestrator.flows import Flow
+from kahuna.orchestrator.komputes import KomputeEffects, KomputeSpec, spec_fields
 from kahuna.resources.errors import Invalid, Missing
 from kahuna.resources.instance import TENANT
 from kahuna.resources.kind import Hooks, Kind, Parent, base_fields, register
 from kahuna.resources.types import Bool, Field, Int, ListOf, Str
 
 Doc = dict[str, Any]
-
-
+_DELETING: dict[str, Flow] = {}  # kompute id -> its delete flow, between the two delete hooks
 
 
 def _effects(res) -> KomputeEffects:
     return KomputeEffects(res.extras.get("hub"))
 
 
-async def _before_create(res, doc: Doc, query: Any = None, **_: Any) -> None:
+async def _before_create(res, doc: Doc, query: Any = None, spec: KomputeSpec | None = None, **_: Any) -> None:
     if "zone_id" in doc:
         zone = await res.get("zone", doc["zone_id"])
         doc["region_id"] = zone["region_id"]
@@ -44,6 +44,9 @@ async def _before_create(res, doc: Doc, query: Any = None, **_: Any) -> None:
     doc["public"] = raw.lower() in ("true", "1")
     doc["pool_id"] = (query.get("poolId") if query is not None else None) or ""
     doc["template_id"] = (query.get("templateId") if query is not None else None) or ""
+    doc.update(profile="", profile_id="", peering_subnet_ids=[], exclude_kaktus_ids=[])
+    if spec is not None:  # kahuna.orchestrator.komputes.create_kompute (appliances)
+        doc.update(spec_fields(spec))
 
 
 async def _after_create(res, doc: Doc, **_: Any) -> None:
@@ -69,7 +72,14 @@ async def _after_update(res, old: Doc, new: Doc, **_: Any) -> None:
 
 
 async def _before_delete(res, doc: Doc, **_: Any) -> None:
-    await _effects(res).delete(res, doc)
+    """Everything the Kompute holds goes (a forward flow); the flow ends with the document."""
+    _DELETING[doc["_id"]] = await _effects(res).delete(res, doc)
+
+
+async def _after_delete(res, doc: Doc, **_: Any) -> None:
+    flow = _DELETING.pop(doc["_id"], None)
+    if flow is not None:
+        await flow.finish()
 
 
 KOMPUTE = register(Kind(
@@ -90,5 +100,6 @@ KOMPUTE = register(Kind(
     access=TENANT,
     routes=frozenset({"list", "create", "read", "update", "delete", "children"}),
     hooks=Hooks(before_create=_before_create, after_create=_after_create, before_update=_before_update,
-                after_update=_after_update, before_delete=_before_delete),
+                after_update=_after_update, before_delete=_before_delete,
+                after_delete=_after_delete),
 ))

@@ -10,9 +10,28 @@ import pytest
 from agent.sim.harness import SimHost
 from agent.sim.model import GiB
 from tests.identity.helpers import create_confirmed_user, login
+from tests.services.helpers import give_private_subnet
 from tests.infra.helpers import agent_status, create_agents, region_and_zone, tenant_kahuna, unique, wait_for
 
 SOURCE = "https://images.test/noble.qcow2"
+
+
+def networks(admin, region: str) -> dict:
+    """A private VNet (bridge br-priv) with two /24 subnets (one per project) and a public VNet
+    (bridge br-pub, 198.51.100.0/24, gateway .1) in the region."""
+    regions, vnets = kowabunga.RegionApi(admin), kowabunga.VnetApi(admin)
+    priv = regions.create_region_v_net(region, kowabunga.VNet(name=unique("vnet"), vlan=10, interface="br-priv",
+                                                              private=True))
+    pub = regions.create_region_v_net(region, kowabunga.VNet(name=unique("vnet"), vlan=20, interface="br-pub",
+                                                             private=False))
+    out = {"private_vnet": priv.id, "public_vnet": pub.id}
+    for key, net in (("private", "10.50.0"), ("other", "10.51.0")):
+        out[key] = vnets.create_v_net_subnet(priv.id, kowabunga.Subnet(
+            name=unique("subnet"), cidr=f"{net}.0/24", gateway=f"{net}.1",
+            gw_pool=[kowabunga.IpRange(first=f"{net}.2", last=f"{net}.4")])).id
+    out["public"] = vnets.create_v_net_subnet(pub.id, kowabunga.Subnet(
+        name=unique("subnet"), cidr="198.51.100.0/24", gateway="198.51.100.1")).id
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +76,11 @@ def world(admin, kahuna, smtp_sink, host):
         quotas=kowabunga.ProjectResources(storage=40 * GiB)))
     other = projects.create_project(kowabunga.Project(name=unique("project"), teams=[other_team.id],
                                                       regions=[region]))
-    return {"host": host, "region": region, "zone": zone, "kaktus": kaktus, "kaktus_id": node.id, "pool": pool.id, "template": template.id,
+    nets = networks(admin, region)
+    for p in (project.id, other.id):
+        if not kowabunga.ProjectApi(admin).read_project(p).private_subnets:  # until NET reserves one
+            give_private_subnet(kahuna, p, region, nets["private"] if p == project.id else nets["other"])
+    return {**nets, "host": host, "region": region, "zone": zone, "kaktus": kaktus, "kaktus_id": node.id, "pool": pool.id, "template": template.id,
             "project": project.id, "other": other.id,
             "member": login(kahuna, member.email, password),
             "outsider": login(kahuna, outsider.email, other_password)}
