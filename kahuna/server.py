@@ -32,6 +32,7 @@ from kahuna.ha import wiring as ha
 from kahuna.hub.hub import Hub
 from kahuna.hub.settings import HubSettings
 from kahuna.logs import get_logger
+from kahuna.observability.inventory import Inventory
 from kahuna.orchestrator import agent_hooks, flows
 from kahuna.orchestrator.agent_credentials import StoredAgentCredentials
 from kahuna.orchestrator.agent_keys import AgentKeys
@@ -40,6 +41,7 @@ from kahuna.resources.kind import all_kinds
 from kahuna.resources.service import Resources
 from kahuna.store.base import Store
 from kahuna.store.factory import open_store
+from kahuna.store.observed import find_observed
 
 log = get_logger("kahuna.server")
 
@@ -90,6 +92,7 @@ async def prepared_store(config: Config) -> AsyncIterator[Store]:
         cache_enabled=config.cache.enabled,
         cache_max_entries=config.cache.max_entries,
         cache_ttl_seconds=config.cache.expiration_minutes * 60.0,
+        observed=True,  # database latencies and the writes the metrics follow (kahuna.api.metrics)
     ) as store:
         for kind in all_kinds():
             await store.ensure_indexes(kind.collection, kind.indexes())
@@ -137,10 +140,13 @@ async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
         agent_keys = AgentKeys(resources, credentials, hub=hub, admin_email=config.admin_email,
                                mail_enabled=config.smtp.enabled)
         outbox = Outbox(config.smtp)  # mails queued by enqueue(); sent by a background task
-        resources.extras.update(hub=hub, agent_keys=agent_keys, outbox=outbox, ha=node)
+        inventory = Inventory()  # upstream's kowabunga_* gauges, following this node's writes
+        find_observed(store).listeners.append(inventory)
+        resources.extras.update(hub=hub, agent_keys=agent_keys, outbox=outbox, ha=node, inventory=inventory)
         ha.attach(node, store=store, hub=hub, credentials=credentials)
         agent_hooks.install(hub, resources)
         node.while_active(partial(flows.recover_loop, resources))  # flows a dead process left
+        node.while_active(partial(inventory.run, store))  # loaded when serving, dropped when passive
         app, _ = build_app(resources, secrets, hub=hub, agent_keys=agent_keys)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serve_http, app, config, shutdown)
