@@ -7,7 +7,8 @@ import pytest
 from kahuna.metadata.token import instance_token
 from kahuna.store.base import new_id
 from tests.kahuna_proc import Kahuna, write_config
-from tests.metadata.test_metadata import SECRET, conn, get, insert
+from tests.metadata.helpers import conn, get
+from tests.metadata.test_metadata import SECRET, insert
 
 
 @pytest.fixture(scope="module")

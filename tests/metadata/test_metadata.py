@@ -4,16 +4,14 @@ Regions, zones, teams and projects are created through the official client. Inst
 IPsec and Konvey documents are written into the daemon's embedded store (SQLite WAL, next to the
 running process) in the shapes the Kompute and appliance flows write (interfaces.md), so that the
 boot storm and the scan have hundreds of instances at no cost; test_instances.py does the same
-with real Komputes and appliances. Source addresses are loopback aliases (all of 127.0.0.0/8 is local): the client socket is
-bound to the instance's "private" address. 127.0.0.2 is the only trusted proxy, so 127.0.0.1
+with real Komputes and appliances. Source addresses are loopback aliases (all of 127.0.0.0/8 is
+local): the client socket is bound to the instance's "private" address. 127.0.0.2 is the only trusted proxy, so 127.0.0.1
 is an untrusted peer whose X-Forwarded-For must be ignored.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import re
 import socket
 import time
 import uuid
@@ -30,10 +28,10 @@ from kahuna.store.base import new_id
 from kahuna.store.embedded import EmbeddedStore
 from tests.conftest import make_client
 from tests.kahuna_proc import Kahuna, write_config
+from tests.metadata.helpers import BASE_TYPES, VIP_TYPES, check_types, conn, get
 
 SECRET = "metadata-test-server-secret-" + "s" * 32
 PSK = "psk-" + uuid.uuid4().hex
-PATH = "/latest/meta-data"
 
 
 def unique(prefix: str) -> str:
@@ -126,17 +124,6 @@ def world(kahuna):
             "kawaii_id": kawaii_id}
 
 
-def conn(kahuna, source: str = "127.0.0.1") -> http.client.HTTPConnection:
-    return http.client.HTTPConnection("127.0.0.1", kahuna.http_port, timeout=10, source_address=(source, 0))
-
-
-def get(c: http.client.HTTPConnection, headers: dict) -> tuple[int, dict, dict]:
-    c.request("GET", PATH, headers=headers)
-    r = c.getresponse()
-    body = r.read()
-    return r.status, (json.loads(body) if body else {}), {k.lower(): v for k, v in r.getheaders()}
-
-
 def token_of(doc) -> str:
     return instance_token(SECRET, doc["_id"], doc.get("metadata_generation", 0))
 
@@ -147,18 +134,6 @@ def by_token(doc, token=None) -> dict:
 
 def by_source(doc, declared=None) -> dict:
     return {"X-Kowabunga-Instance-Id": doc["_id"], "X-Kowabunga-Source-Ip": declared or doc["local_ip"]}
-
-
-# upstream's InstanceMetadata field types (upstream-tenant.md §10)
-BASE_TYPES = {"instance-id": str, "local-hostname": str, "description": str, "kaktus": str, "vcpu": int,
-              "mem_gb": int, "local-ipv4": str, "subnet_cidr": str, "template": str, "monthly_cost": str,
-              "project": str, "domain": str, "zone": str, "region": str, "tags": list, "peers": list}
-VIP_TYPES = {"vrrp_id": int, "interface": str, "vip": str, "priority": int, "mask": int, "public": bool}
-
-
-def check_types(doc: dict, types: dict) -> None:
-    for key, kind in types.items():
-        assert isinstance(doc[key], kind) and not (kind is int and isinstance(doc[key], bool)), (key, doc[key])
 
 
 def test_token_unit():
