@@ -3,6 +3,8 @@
   GET   /instance/{instanceId}/state | /kompute/{komputeId}/state     -> InstanceState
   GET   /instance/{instanceId}/connect                                -> InstanceRemoteAccess
   PATCH /instance|kompute/{id}/{start,stop,shutdown,reboot,reset,suspend,resume} -> null
+  DELETE /instance/{instanceId}                                       -> null (kahuna.orchestrator.instances)
+  kMotion plan/commit: kahuna.api.kmotion (installed from here)
 
 Access: the `project` rule (members of the project's teams; others 404). A power action that
 would not change anything (stop of a stopped domain, start of a running one) is a no-op; other
@@ -11,7 +13,9 @@ agent refusals are 422 with libvirt's words (upstream); an unreachable agent sta
 
 from __future__ import annotations
 
+from kahuna.api import kmotion
 from kahuna.api.routes import RouteTable, json_response, target_doc
+from kahuna.orchestrator import instances
 from kahuna.orchestrator.agent_calls import AgentCalls
 from kahuna.orchestrator.komputes import set_membership
 from kahuna.resources.views import present
@@ -76,6 +80,13 @@ def install(table: RouteTable, *, resources) -> None:
         return json_response({"url": str(reply.get("URL", ""))})
 
     table.add("/instance/{instanceId}/connect", "GET", "project", connect, name="read_instance_remote_connection")
+
+    async def delete_instance(principal, **params):
+        await instances.delete(res, target_doc()["_id"])
+        return json_response(None)
+
+    table.add("/instance/{instanceId}", "DELETE", "project", delete_instance, name="delete_instance")
+    kmotion.install(table, resources=res)
 
     # Kwarantine membership: the member must be of the group's project (else 404)
     def membership(kind: str, param: str, field: str) -> None:

@@ -1,0 +1,156 @@
+"""Instances from existing volumes and adapters, over real HTTP with the official client and an
+in-process simulated Kaktus: create (zone and region level; the domain with its disks and NIC,
+the ISO, the volumes attached), the refusals (other project's or attached volume, no os volume,
+quota), a failing agent step leaving nothing, update (CPU/RAM power-cycles the domain, a
+description does not; a volume detached), delete (volumes detached, not deleted; usage back)."""
+
+from __future__ import annotations
+
+import kowabunga
+import pytest
+from kowabunga.exceptions import ApiException
+
+from agent.sim.model import GiB
+from tests.conftest import make_client
+from tests.infra.helpers import http, stored
+
+
+def _volume(kahuna, world, name: str, vtype: str, size: int, project: str | None = None) -> str:
+    path = f"/project/{project or world['project']}/region/{world['region']}/volume?poolId={world['pool']}"
+    if vtype == "os":
+        path += f"&templateId={world['template']}"
+    code, body = http(kahuna, "POST", path, {"name": name, "type": vtype, "size": size})
+    assert code == 201, body
+    return body["id"]
+
+
+def _adapter(kahuna, subnet: str, name: str) -> dict:
+    code, body = http(kahuna, "POST", f"/subnet/{subnet}/adapter?assignIP=true", {"name": name})
+    assert code == 201, body
+    return body
+
+
+def _usage(admin, world):
+    u = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+    return (u.instances, u.vcpus, u.memory)
+
+
+def test_instance_lifecycle(kahuna, world, admin):
+    k = world["kaktus"]
+    osv = _volume(kahuna, world, "vm1-root", "os", 4 * GiB)
+    raw = _volume(kahuna, world, "vm1-data", "raw", GiB)
+    nic = _adapter(kahuna, world["private"], "vm1-nic")
+    with make_client(kahuna, api_key=None, token=world["member"]) as member:
+        projects, instances = kowabunga.ProjectApi(member), kowabunga.InstanceApi(member)
+        vm = projects.create_project_zone_instance(world["project"], world["zone"], kowabunga.Instance(
+            name="vm1", memory=GiB, vcpus=1, volumes=[osv, raw], adapters=[nic["id"]]))
+        assert (vm.name, vm.vcpus, vm.memory, vm.volumes, vm.adapters) == ("vm1", 1, GiB, [osv, raw], [nic["id"]])
+        domain = k.domain("vm1")
+        assert domain["state"] == "Running" and domain["autostart"]
+        assert sorted((d["target"], d["volume"]) for d in domain["disks"] if d["device"] == "disk") == [
+            ("vda", "vm1-root"), ("vdb", "vm1-data")]
+        assert [n["mac"] for n in domain["nics"]] == [nic["mac"]] and domain["nics"][0]["bridge"] == "br-priv"
+        doc = stored(kahuna, "instance", vm.id)
+        assert doc["local_ip"] == nic["addresses"][0] and doc["kaktus_id"] == world["kaktus_id"]
+        assert nic["addresses"][0] in k.iso_files("ssd", doc["iso_volume"])["network-config"]
+        assert stored(kahuna, "volume", osv)["instance_id"] == vm.id == stored(kahuna, "volume", raw)["instance_id"]
+        assert _usage(admin, world) == (1, 1, GiB)
+        assert projects.list_project_zone_instances(world["project"], world["zone"]) == [vm.id]
+        assert projects.list_project_region_instances(world["project"], world["region"]) == [vm.id]
+        assert kowabunga.KaktusApi(admin).list_kaktus_instances(world["kaktus_id"]) == [vm.id]
+        with pytest.raises(ApiException) as err:  # an attached volume is not deleted
+            kowabunga.VolumeApi(member).delete_volume(raw)
+        assert err.value.status == 409
+
+        boots = k.domain("vm1")["boots"]
+        assert instances.update_instance(vm.id, kowabunga.InstanceUpdate(description="web")).description == "web"
+        assert k.domain("vm1")["boots"] == boots  # nothing to reboot for
+        out = instances.update_instance(vm.id, kowabunga.InstanceUpdate(vcpus=2, memory=2 * GiB, volumes=[osv]))
+        assert (out.vcpus, out.memory, out.volumes) == (2, 2 * GiB, [osv])
+        domain = k.domain("vm1")
+        assert (domain["vcpus"], domain["memory"], domain["state"]) == (2, 2 * GiB, "Running")
+        assert domain["boots"] == boots + 1  # power-cycled to take the new hardware
+        assert [d["volume"] for d in domain["disks"] if d["device"] == "disk"] == ["vm1-root"]
+        assert stored(kahuna, "volume", raw)["instance_id"] == ""
+        assert _usage(admin, world) == (1, 2, 2 * GiB)
+        kowabunga.InstanceApi(member).stop_instance(vm.id)
+        instances.update_instance(vm.id, kowabunga.InstanceUpdate(vcpus=1))
+        assert (k.domain("vm1")["vcpus"], k.domain("vm1")["state"]) == (1, "Shutoff")  # stays off
+
+        assert instances.delete_instance(vm.id) is None
+        assert k.domain("vm1") is None and k.image("ssd", doc["iso_volume"]) is None
+        assert k.image("ssd", "vm1-root") is not None  # volumes are detached, not deleted
+        assert stored(kahuna, "volume", osv)["instance_id"] == "" and _usage(admin, world) == (0, 0, 0)
+        assert instances.list_instances() == []
+        for vid in (osv, raw):
+            kowabunga.VolumeApi(member).delete_volume(vid)
+    assert http(kahuna, "DELETE", f"/adapter/{nic['id']}")[0] == 200
+
+
+def test_instance_refusals_leave_nothing(kahuna, world, admin):
+    k = world["kaktus"]
+    osv = _volume(kahuna, world, "rf-root", "os", 4 * GiB)
+    raw = _volume(kahuna, world, "rf-data", "raw", GiB)
+    foreign = _volume(kahuna, world, "rf-foreign", "raw", GiB, project=world["other"])
+    base = f"/project/{world['project']}/zone/{world['zone']}/instance"
+
+    def create(**fields):
+        return http(kahuna, "POST", base, {"name": "rf1", "memory": GiB, "vcpus": 1, **fields})
+
+    code, body = create(volumes=[osv, "0" * 24])
+    assert code == 422 and body["reason"].startswith("volumes[1]:"), body
+    code, body = create(volumes=[osv, foreign])
+    assert code == 422 and "volumes[1]" in body["reason"], body
+    code, body = create(volumes=[raw])
+    assert code == 422 and "os volume" in body["reason"], body
+    code, body = create(volumes=[osv], adapters=["f" * 24])
+    assert code == 422 and "adapters[0]" in body["reason"], body
+    k.faults.fail("CreateInstance", "virError: internal error: qemu unexpectedly closed", times=1)
+    code, body = create(volumes=[osv, raw])
+    assert code == 502 and "qemu unexpectedly closed" in body["reason"], body
+    assert http(kahuna, "GET", "/instance")[1] == [] and k.domain("rf1") is None
+    assert {n for n in k.images("ssd") if n.endswith("-cloudinit")} == set()
+    assert stored(kahuna, "volume", osv)["instance_id"] == "" and _usage(admin, world) == (0, 0, 0)
+
+    code, first = create(volumes=[osv])
+    assert code == 201, first
+    code, body = http(kahuna, "POST", base, {"name": "rf2", "memory": GiB, "vcpus": 1, "volumes": [osv]})
+    assert code == 409 and "attached" in body["reason"], body  # already used by rf1
+    assert http(kahuna, "DELETE", f"/instance/{first['id']}")[0] == 200
+    for vid in (osv, raw, foreign):
+        assert http(kahuna, "DELETE", f"/volume/{vid}")[0] == 200
+
+
+def test_region_level_instance_and_quota(kahuna, world, admin):
+    osv = _volume(kahuna, world, "rg-root", "os", 4 * GiB)
+    projects = kowabunga.ProjectApi(admin)
+    projects.update_project(world["project"], kowabunga.ProjectUpdate(
+        quotas=kowabunga.ProjectResources(storage=40 * GiB, vcpus=2)))
+    try:
+        code, body = http(kahuna, "POST", f"/project/{world['project']}/region/{world['region']}/instance",
+                          {"name": "rg1", "memory": GiB, "vcpus": 3, "volumes": [osv]})
+        assert code == 507 and "vcpus" in body["reason"], body
+        with make_client(kahuna, api_key=None, token=world["member"]) as member:
+            vm = kowabunga.ProjectApi(member).create_project_region_instance(
+                world["project"], world["region"], kowabunga.Instance(name="rg1", memory=GiB, vcpus=2, volumes=[osv]))
+            doc = stored(kahuna, "instance", vm.id)
+            assert (doc["zone_id"], doc["region_id"]) == (world["zone"], world["region"])
+            assert kowabunga.ProjectApi(member).list_project_zone_instances(world["project"], world["zone"]) == [vm.id]
+            code, body = http(kahuna, "PUT", f"/instance/{vm.id}", {"vcpus": 3})
+            assert code == 507 and stored(kahuna, "instance", vm.id)["vcpus"] == 2
+            kowabunga.InstanceApi(member).delete_instance(vm.id)
+    finally:
+        projects.update_project(world["project"], kowabunga.ProjectUpdate(
+            quotas=kowabunga.ProjectResources(storage=40 * GiB)))
+    assert http(kahuna, "DELETE", f"/volume/{osv}")[0] == 200
+
+
+def test_a_komputes_instance_is_managed_through_its_kompute(kahuna, world):
+    code, vm = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
+                    {"name": "kp1", "memory": GiB, "vcpus": 1, "disk": 4 * GiB})
+    assert code == 201, vm
+    iid = stored(kahuna, "kompute", vm["id"])["instance_id"]
+    for method, body in (("DELETE", None), ("PUT", {"vcpus": 2})):
+        code, answer = http(kahuna, method, f"/instance/{iid}", body)
+        assert code == 409 and "Kompute kp1" in answer["reason"], answer
+    assert http(kahuna, "DELETE", f"/kompute/{vm['id']}")[0] == 200
