@@ -164,8 +164,8 @@ async def public_subnet(res, region_id: str, public: bool) -> Doc | None:
     if project_net is not None:
         try:
             return await project_net.public_subnet(res, region_id, 1 if public else 0)
-        except Missing:
-            if public:
+        except DomainError as exc:  # 422: the region has no public network
+            if public or exc.status != 422:
                 raise
             return None
     for vnet in await res.list("vnet", region_id):

@@ -11,7 +11,7 @@ from agent.sim.harness import SimHost
 from agent.sim.model import GiB
 from tests.identity.helpers import create_confirmed_user, login
 from tests.services.helpers import give_private_subnet
-from tests.infra.helpers import agent_status, create_agents, region_and_zone, tenant_kahuna, unique, wait_for
+from tests.infra.helpers import agent_status, create_agents, region_and_zone, stored, tenant_kahuna, unique, wait_for
 
 SOURCE = "https://images.test/noble.qcow2"
 
@@ -70,17 +70,34 @@ def world(admin, kahuna, smtp_sink, host):
     teams = kowabunga.TeamApi(admin)
     team = teams.create_team(kowabunga.Team(name=unique("team"), users=[member.id]))
     other_team = teams.create_team(kowabunga.Team(name=unique("team"), users=[outsider.id]))
+    nets = networks(admin, region)
     projects = kowabunga.ProjectApi(admin)
     project = projects.create_project(kowabunga.Project(
         name=unique("project"), teams=[team.id], regions=[region],
         quotas=kowabunga.ProjectResources(storage=40 * GiB)))
     other = projects.create_project(kowabunga.Project(name=unique("project"), teams=[other_team.id],
                                                       regions=[region]))
-    nets = networks(admin, region)
-    for p in (project.id, other.id):
-        if not kowabunga.ProjectApi(admin).read_project(p).private_subnets:  # until NET reserves one
-            give_private_subnet(kahuna, p, region, nets["private"] if p == project.id else nets["other"])
+    for p, key in ((project.id, "private"), (other.id, "other")):
+        subnets = stored(kahuna, "project", p).get("private_subnets") or {}
+        if region in subnets:  # reserved at the project's creation
+            nets[key] = subnets[region]
+        else:
+            give_private_subnet(kahuna, p, region, nets[key])
     return {**nets, "host": host, "region": region, "zone": zone, "kaktus": kaktus, "kaktus_id": node.id, "pool": pool.id, "template": template.id,
             "project": project.id, "other": other.id,
             "member": login(kahuna, member.email, password),
             "outsider": login(kahuna, outsider.email, other_password)}
+
+
+def project_with_subnet(kahuna, admin, world, net: str, **fields) -> str:
+    """A project of the world's region with its own private subnet `<net>.0/24` (gateway .1,
+    gateway pool .2-.4): reserved at creation when the project networks do it, else given."""
+    subnet = kowabunga.VnetApi(admin).create_v_net_subnet(world["private_vnet"], kowabunga.Subnet(
+        name=unique("subnet"), cidr=f"{net}.0/24", gateway=f"{net}.1",
+        gw_pool=[kowabunga.IpRange(first=f"{net}.2", last=f"{net}.4")])).id
+    fields.setdefault("teams", [kowabunga.TeamApi(admin).create_team(kowabunga.Team(name=unique("team"), users=[])).id])
+    project = kowabunga.ProjectApi(admin).create_project(kowabunga.Project(
+        name=unique("project"), regions=[world["region"]], **fields)).id
+    if world["region"] not in (stored(kahuna, "project", project).get("private_subnets") or {}):
+        give_private_subnet(kahuna, project, world["region"], subnet)
+    return project
