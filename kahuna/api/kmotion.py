@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from kahuna.api.routes import RouteTable, json_body, json_response, target_doc
 from kahuna.orchestrator import kmotion
-from kahuna.resources.errors import NotFoundError
+from kahuna.resources.errors import Invalid, NotFoundError
 from kahuna.resources.types import Bool, Enum, Field, Str, check_object
 
 PLAN_REQUEST = (Field("destination", Enum(choices=kmotion.MODES), default="auto"),
                 Field("kaktus", Str(max_len=64), default=""),
                 Field("live", Bool(), default=True))
-COMMIT_REQUEST = (Field("plan", Str(max_len=64), required=True),)
+COMMIT_REQUEST = (Field("plan", Str(max_len=64), default=""),)  # absent: 400 (upstream)
 
 
 def install(table: RouteTable, *, resources) -> None:
@@ -55,7 +55,6 @@ def install(table: RouteTable, *, resources) -> None:
 
 
 async def _object() -> dict:
-    from kahuna.resources.errors import Invalid
     body = await json_body()
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object")
