@@ -126,6 +126,8 @@ class Config:
     # accept upstream's X-Kowabunga-Source-Ip identification (checked against the real source)
     metadata_legacy_headers: bool = True
     ha: Ha = Ha()
+    # kMotion cold / instance power cycles: seconds of ACPI shutdown before the domain is destroyed
+    kmotion_shutdown_seconds: float = 60.0
     source: str = "(defaults)"
 
     def with_debug(self) -> "Config":
@@ -247,6 +249,7 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
     cloud = root.section("cloudinit")
     metadata = glob.section("metadata")
     ha = glob.section("ha")
+    kmotion = glob.section("kmotion")
 
     public_url = glob.string("publicUrl", d.public_url).rstrip("/")
     if not public_url.startswith(("http://", "https://")):
@@ -314,12 +317,13 @@ def from_mapping(raw: Any, source: str = "(mapping)") -> tuple[Config, list[str]
         cloudinit=cloudinit,
         metadata_legacy_headers=metadata.boolean("legacyHeaders", d.metadata_legacy_headers),
         ha=_ha(ha, db_uri),
+        kmotion_shutdown_seconds=kmotion.number("shutdownTimeout", d.kmotion_shutdown_seconds),
         source=source,
     )
     if config.http.port and config.http.port == config.hub.port and config.http.address == config.hub.address:
         raise ConfigError("global.ws.port: the agent hub cannot share the HTTP port "
                           f"{config.http.port} (route /ws to it in the front proxy instead)")
-    unknown = [k for s in (root, glob, jwt, http, ws, db, cache, boot, smtp, passwords, accounts, login, cloud, metadata, ha)
+    unknown = [k for s in (root, glob, jwt, http, ws, db, cache, boot, smtp, passwords, accounts, login, cloud, metadata, ha, kmotion)
                for k in s.unknown()]
     return config, unknown
 

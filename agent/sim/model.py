@@ -63,6 +63,7 @@ class Instance:
     nics: list[dict[str, Any]] = field(default_factory=list)
     spice_listen: str | None = None
     migrations: int = 0
+    acpi: bool = True               # False: a guest that ignores ACPI shutdown requests (hung, no agent)
 
     def apply(self, info: dict[str, Any]) -> None:
         """Keep what a (re-)definition says about the hardware."""
@@ -366,7 +367,7 @@ class KaktusModel:
             if inst.running:
                 self._halt(inst, "Destroyed")
         elif action == OP_SOFT_SHUTDOWN:
-            if inst.running:
+            if inst.running and inst.acpi:
                 self._halt(inst, "Shutdown")
         elif action == OP_PM_SUSPEND:
             if not inst.running:
