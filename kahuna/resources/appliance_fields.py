@@ -178,7 +178,7 @@ ENDPOINT = Obj(fields=(
     )), required=True),
 ))
 ENDPOINTS = ListOf(item=ENDPOINT, max_items=256)
-FAILOVER = Field("failover", Bool(), default=True)  # the 0.58 client's default
+FAILOVER = Field("failover", Bool(), default=True, create_only=True)  # the 0.58 client's default; set at creation
 
 
 def _hosts(value: list[str], path: str) -> list[str]:
