@@ -48,6 +48,11 @@ class Faults:
         """`method` answers after `seconds` (then runs normally, unless it also fails)."""
         self._set(method, "delay", float(seconds), times)
 
+    def delay_reply(self, method: str, seconds: float, times: int | None = None) -> None:
+        """`method` does its work at once, then answers after `seconds`: a caller that dies
+        meanwhile never learns that it was done (a crash test's worst case)."""
+        self._set(method, "late", float(seconds), times)
+
     def drop(self, method: str, times: int | None = 1, down_for: float | None = 0.0) -> None:
         """The connection is cut while `method` runs: no reply, nothing done. The agent then
         stays away `down_for` seconds (None: until `start()`) before it dials again."""
@@ -124,6 +129,9 @@ class Faults:
                         outcome = f"error: {exc}"
                         raise
                     outcome = "ok"
+                    rule = self._take(name, "late")
+                    if rule is not None:
+                        await trio.sleep(rule.arg)
                     return result
                 finally:
                     self._log(name, logged, outcome)
