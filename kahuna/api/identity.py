@@ -3,7 +3,7 @@
   PUT   /user/{userId}/password          set a chosen password (≥ 70 bits; may be disabled)
   PATCH /user/{userId}/resetPassword     mail a password-reset link to the user
   PATCH /user/{userId}/token?expire=&expirationDate=   rotate the user's API key (mailed)
-  GET   /project/{projectId}/cost        the project's cost
+  GET   /project/{projectId}/cost        the project's cost (from its instances and volumes now)
   GET   /project/{projectId}/usage       the project's resource usage
 """
 
@@ -14,6 +14,7 @@ from quart import request
 from kahuna.api.routes import RouteTable, json_body, json_response, target_doc, token_expiration
 from kahuna.auth import passwords
 from kahuna.resources import identity
+from kahuna.resources.cost import project_cost
 from kahuna.resources.errors import Forbidden, Invalid
 from kahuna.resources.types import Field, Str, check_object
 from kahuna.resources.views import present
@@ -48,7 +49,7 @@ def install(table: RouteTable, resources) -> None:
         return json_response(present("token", token))
 
     async def cost(principal, projectId):
-        return json_response(identity.project_cost(target_doc()))
+        return json_response(await project_cost(resources, target_doc()["_id"]))
 
     async def usage(principal, projectId):
         return json_response(identity.project_usage(target_doc()))

@@ -3,6 +3,7 @@
 from kahuna.resources import agents, compute, dns, identity, network, storage, topology  # noqa: F401
 from kahuna.resources import kylo  # noqa: F401
 from kahuna.resources import instance, kompute, kwarantine, volume  # noqa: F401
+from kahuna.resources import project_net  # noqa: F401  (project subnets, gateways, VRRP ids)
 
 
 def load() -> None:

@@ -424,12 +424,18 @@ StepFn = Callable[..., Awaitable[None]]
 class ProjectStep:
     """One step of creating a project, with what undoes it (also run when the project goes).
 
-    `create(res, project_doc, subnet_size=..., principal=...)`; `release(res, project_doc)`.
+    `create(res, project_doc, subnet_size=..., principal=...)`; `release(res, project_doc)`
+    (after the document is gone, or when a later step of the create failed);
+    `update(res, old, new, subnet_size=...)` after an update is stored (raising restores the old
+    document; the step undoes its own work first); `delete_guard(res, project_doc)` before
+    anything is released, raising (409) to refuse the delete.
     """
 
     name: str
     create: StepFn
     release: StepFn | None = None
+    update: StepFn | None = None
+    delete_guard: StepFn | None = None
 
 
 PROJECT_STEPS: list[ProjectStep] = []
@@ -483,7 +489,9 @@ async def _project_before_create(res, doc: Doc, principal: Principal | None = No
     subnet_size(query)  # refused before anything is written
     await _check_project_refs(res, None, doc, principal)
     doc.setdefault("private_subnets", {})
+    doc.setdefault("zone_gateways", {})
     doc.setdefault("reserved_vrrp_ids", [])
+    doc.setdefault("usage", {"vcpus": 0, "memory": 0, "storage": 0, "instances": 0})
 
 
 async def _project_after_create(res, doc: Doc, principal: Principal | None = None, query: Any = None,
@@ -504,7 +512,22 @@ async def _project_before_update(res, old: Doc, new: Doc, principal: Principal |
     await _check_project_refs(res, old, new, principal)
 
 
+async def _project_after_update(res, old: Doc, new: Doc, query: Any = None, **_: Any) -> None:
+    for step in PROJECT_STEPS:
+        if step.update is not None:
+            await step.update(res, old, new, subnet_size=subnet_size(query))
+
+
 async def _project_before_delete(res, doc: Doc, **_: Any) -> None:
+    for step in PROJECT_STEPS:
+        if step.delete_guard is not None:
+            await step.delete_guard(res, doc)
+
+
+async def _project_after_delete(res, doc: Doc, **_: Any) -> None:
+    """Released once the document is gone: a failed delete never leaves a live project without
+    its subnets (a release that fails only leaves a subnet marked by a project that no longer
+    exists, which the next reservation treats as free)."""
     await _release(res, doc, list(PROJECT_STEPS))
 
 
@@ -541,7 +564,8 @@ PROJECT = register(Kind(
     ),
     access=Access(read="project", create="projectCreator", update="projectAdmin", delete="projectAdmin"),
     hooks=Hooks(before_create=_project_before_create, after_create=_project_after_create,
-                before_update=_project_before_update, before_delete=_project_before_delete),
+                before_update=_project_before_update, after_update=_project_after_update,
+                before_delete=_project_before_delete, after_delete=_project_after_delete),
 ))
 
 
@@ -551,11 +575,6 @@ def _project_view(doc: Doc, out: Doc) -> Doc:
 
 
 register_view("project", _project_view)
-
-
-def project_cost(doc: Doc) -> Doc:
-    cost = doc.get("cost") or {}
-    return {"price": float(cost.get("price", 0.0)), "currency": str(cost.get("currency", "EUR"))}
 
 
 def project_usage(doc: Doc) -> Doc:

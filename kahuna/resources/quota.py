@@ -1,9 +1,13 @@
 """Project quotas and usage: check-and-reserve, concurrency-safe, and the matching release.
 
 Why a per-project lock around the check *and* the write (and nothing else, never an agent call):
-two parallel creates must not both see the same free room. The counters live on the project
-document (`usage {vcpus, memory, storage, instances}`, bytes for memory/storage); a quota of 0
-is unlimited (upstream). A refusal is a 507 naming the dimension, the limit and the usage.
+two parallel creates must not both see the same free room. It is the project document's own lock
+(`("project", id)`, held by a project update and by a tenant create's insert): a project update
+replaces the whole document, and under another lock it could write back a stale `usage` read
+before a concurrent reservation. So never call these while holding that lock (a tenant kind's
+before_create hook): trio refuses the re-acquisition loudly rather than deadlocking.
+The counters live on the project document (`usage {vcpus, memory, storage, instances}`, bytes
+for memory/storage); a quota of 0 is unlimited (upstream). A refusal is a 507 naming the dimension, the limit and the usage.
 Only positive requests are checked; a release never takes a counter below 0.
 """
 
@@ -13,7 +17,7 @@ from typing import Any
 
 from kahuna.logs import get_logger
 from kahuna.orchestrator.flows import register_undo
-from kahuna.resources.errors import InsufficientResources
+from kahuna.resources.errors import InsufficientResources, NotFoundError
 
 log = get_logger("kahuna.quota")
 
@@ -28,7 +32,7 @@ class QuotaExceeded(InsufficientResources):
 
 
 def _lock(res, project_id: str):
-    return res.locks.hold(("quota", project_id))
+    return res.locks.hold(("project", project_id))
 
 
 def _usage(project: dict) -> dict[str, int]:
@@ -54,7 +58,6 @@ async def reserve(res, project_id: str, **delta: int) -> dict[str, int]:
 
 async def release(res, project_id: str, **delta: int) -> None:
     """Give back what `reserve` took (a project already gone has nothing to give back)."""
-    from kahuna.resources.errors import NotFoundError
     async with _lock(res, project_id):
         try:
             project = await res.get("project", project_id)

@@ -24,9 +24,6 @@ def world(admin, kahuna, smtp_sink, sims):
         name=unique("pool"), pool="rbd", agents=[agent["id"]]))
     nfs = regions.create_region_storage_nfs(region, kowabunga.StorageNFS(
         name=unique("nfs"), endpoint="nfs.acme.test", fs="nfs", backends=["10.0.0.7", "10.0.0.8"]))
-    vnet = regions.create_region_v_net(region, kowabunga.VNet(name=unique("vnet"), interface="br0"))
-    subnet = kowabunga.VnetApi(admin).create_v_net_subnet(vnet.id, kowabunga.Subnet(
-        name=unique("subnet"), cidr="10.42.0.0/26", gateway="10.42.0.1"))
     member, password = create_confirmed_user(kahuna, admin, smtp_sink, role="projectAdmin")
     outsider, other_password = create_confirmed_user(kahuna, admin, smtp_sink, role="projectAdmin")
     reader, reader_password = create_confirmed_user(kahuna, admin, smtp_sink, role="user")
@@ -36,6 +33,11 @@ def world(admin, kahuna, smtp_sink, sims):
     projects = kowabunga.ProjectApi(admin)
     project = projects.create_project(kowabunga.Project(name=unique("project"), teams=[team.id], regions=[region]))
     bare = projects.create_project(kowabunga.Project(name=unique("project"), teams=[other_team.id], regions=[region]))
+    # the private network comes after the projects (none reserved one at creation): `project` is
+    # given the subnet, `bare` has none
+    vnet = regions.create_region_v_net(region, kowabunga.VNet(name=unique("vnet"), interface="br0"))
+    subnet = kowabunga.VnetApi(admin).create_v_net_subnet(vnet.id, kowabunga.Subnet(
+        name=unique("subnet"), cidr="10.42.0.0/26", gateway="10.42.0.1"))
     give_private_subnet(kahuna, project.id, region, subnet.id)
     return {"region": region, "kaktus": kaktus, "pool": pool.id, "nfs": nfs.id, "project": project.id,
             "bare": bare.id, "member": login(kahuna, member.email, password),
