@@ -12,7 +12,22 @@ from kowabunga.exceptions import ApiException
 
 from agent.sim.model import GiB
 from tests.conftest import make_client
-from tests.infra.helpers import agent_status, create_agents, http, stored, unique, wait_for
+from tests.identity.helpers import identity_config
+from tests.infra.helpers import CALL_TIMEOUT, agent_status, create_agents, http, stored, unique, wait_for
+from tests.kahuna_proc import Kahuna
+
+GRACE = 1.0  # global.kmotion.shutdownTimeout of this daemon: an ACPI-deaf guest is destroyed after it
+
+
+@pytest.fixture(scope="module")
+def kahuna(tmp_path_factory, smtp_sink):
+    """The compute daemon (tests.infra.helpers.tenant_kahuna's settings) with a short ACPI grace."""
+    work = tmp_path_factory.mktemp("kmotion")
+    config = identity_config(work, smtp_sink, ws={"callTimeout": CALL_TIMEOUT}, cache={"enabled": False},
+                             kmotion={"shutdownTimeout": GRACE})
+    with Kahuna(work, config) as k:
+        k.config_path = config
+        yield k
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +124,15 @@ def test_cold_kmotion_keeps_the_power_state_and_a_failing_target_puts_it_back(ka
         assert (domain["state"], domain["migrations"]) == ("Running", 0)
         assert fleet["sims"][source].domain("cd1") is None and _host_of(kahuna, iid) == target
         ops = [p["Action"] for m, p, _ in fleet["sims"][source].calls("InstanceOperation") if p.get("Name") == "cd1"]
-        assert 5 in ops  # an ACPI shutdown first
+        assert ops[-1] == 5  # an ACPI shutdown, enough for this guest
+        # a guest deaf to ACPI: destroyed after the grace, then running on the other host
+        world["host"].run_sync(lambda: setattr(fleet["sims"][target].model.instances["cd1"], "acpi", False))
+        plan = instances.plan_instance_k_motion(iid, kowabunga.KMotionPlanRequest(
+            destination="manual", kaktus=source, live=False))
+        instances.commit_instance_k_motion(iid, kowabunga.KMotionCommitRequest(plan=plan.id))
+        ops = [p["Action"] for m, p, _ in fleet["sims"][target].calls("InstanceOperation") if p.get("Name") == "cd1"]
+        assert ops[-2:] == [5, 4] and fleet["sims"][source].domain("cd1")["state"] == "Running"
+        assert _host_of(kahuna, iid) == source
         # cold, stopped (a live plan of a stopped domain is cold): it stays off, in the other zone
         komputes.stop_kompute(kid)
         plan = komputes.plan_kompute_k_motion(kid, kowabunga.KMotionPlanRequest(
