@@ -114,7 +114,7 @@ async def build(store, instance: Doc, *, server_secret: str = "") -> dict[str, A
     kind, doc = appliance
     out["peers"] = await _peers(store, doc, instance)
     if kind == "kawaii":
-        out["kawaii"] = await _kawaii(store, doc, zone, subnet, server_secret)
+        out["kawaii"] = await _kawaii(store, doc, instance.get("zone_id") or zone.get("_id"), subnet, server_secret)
     else:
         out["konvey"] = await _konvey(store, doc, instance, subnet)
     return out
@@ -200,7 +200,7 @@ def _except(policy: Any) -> str:
     return "drop" if _str(policy) == "accept" else "accept"
 
 
-async def _kawaii(store, kawaii: Doc, zone: Doc, subnet: Doc, server_secret: str) -> dict[str, Any]:
+async def _kawaii(store, kawaii: Doc, zone_id: Any, subnet: Doc, server_secret: str) -> dict[str, Any]:
     public = sorted(str(a) for a in kawaii.get("public_vips") or () if a)
     public_subnet = await _get(store, "subnet", kawaii.get("public_subnet_id"))
     firewall = kawaii.get("firewall") or {}
@@ -225,7 +225,7 @@ async def _kawaii(store, kawaii: Doc, zone: Doc, subnet: Doc, server_secret: str
         "public_vip_addresses": public,
         "public_gw_address": _str(public_subnet.get("gateway")),
         "virtual_ips": [vip(v.get("vrrp_id"), _str(v.get("interface")), v.get("vip"),
-                            MASTER if zone.get("_id") and v.get("zone_id") == zone["_id"] else BACKUP,
+                            MASTER if zone_id and v.get("zone_id") == zone_id else BACKUP,
                             v.get("mask"), v.get("public")) for v in kawaii.get("virtual_ips") or ()],
         "fw_input_default": "drop",
         "fw_output_default": policy,

@@ -22,7 +22,7 @@ import trio
 
 from kahuna.resources.ipsec_psk import seal_psk
 from kahuna.config import from_mapping
-from kahuna.metadata.profile import BASE_FIELDS, IPSEC_FIELDS, KAWAII_FIELDS, KONVEY_FIELDS
+from kahuna.metadata.profile import BASE_FIELDS, IPSEC_FIELDS, KAWAII_FIELDS, KONVEY_FIELDS, RULE_FIELDS
 from kahuna.metadata.token import instance_token, verify
 from kahuna.store.base import new_id
 from kahuna.store.embedded import EmbeddedStore
@@ -83,7 +83,7 @@ def world(kahuna):
         p1 = projects.create_project(kowabunga.Project(name=unique("p1"), domain="p1.acme.test", tags=["a"],
                                                        teams=[team.id], regions=[region.id]))
         p2 = projects.create_project(kowabunga.Project(name=unique("p2"), teams=[team.id], regions=[region.id]))
-    kawaii_id, konvey_id, ipsec_id = new_id(), new_id(), new_id()
+    kawaii_id, konvey_id, ipsec_id, peer_subnet, zone2 = new_id(), new_id(), new_id(), new_id(), new_id()
 
     def instance(name, project, ip, **extra):
         return {"_id": new_id(), "name": name, "description": f"{name} desc", "project_id": project,
@@ -94,19 +94,27 @@ def world(kahuna):
     b = instance("vm-b", p1.id, "127.0.0.24")
     c = instance("vm-c", p2.id, "127.0.0.25")
     gw = instance("kawaii-p1-z-1", p1.id, "127.0.0.26", profile="kawaii", profile_id=kawaii_id)
+    gw2 = instance("kawaii-p1-z2-1", p1.id, "127.0.0.29", profile="kawaii", profile_id=kawaii_id, zone_id=zone2)
     lb = instance("konvey-p1-z-1", p1.id, "127.0.0.27", profile="konvey", profile_id=konvey_id)
     # an appliance document of another project must not be served to this project's instance
     stray = instance("vm-stray", p2.id, "127.0.0.28", profile="kawaii", profile_id=kawaii_id)
     storm = [instance(f"storm-{i}", p2.id, f"10.9.{i // 250}.{i % 250 + 1}") for i in range(300)]
-    insert(kahuna, "instance", [a, b, c, gw, lb, stray] + storm)
+    insert(kahuna, "instance", [a, b, c, gw, gw2, lb, stray] + storm)
+    insert(kahuna, "subnet", [{"_id": peer_subnet, "name": "ceph", "cidr": "10.70.0.0/24", "gateway": "10.70.0.1"}])
     insert(kahuna, "kawaii", [{"_id": kawaii_id, "name": "kawaii-p1", "project_id": p1.id,
                                "region_id": region.id, "public_vips": ["127.0.0.50"],
                                "virtual_ips": [{"zone_id": zone.id, "vrrp_id": 3, "interface": "ens3",
-                                                "vip": "127.0.0.50", "priority": 100, "mask": 24, "public": True}],
+                                                "vip": "127.0.0.50", "priority": 100, "mask": 24, "public": True},
+                                               {"zone_id": zone2, "vrrp_id": 4, "interface": "ens4",
+                                                "vip": "10.1.0.3", "priority": 100, "mask": 26, "public": False}],
                                "firewall": {"ingress": [{"source": "0.0.0.0/0", "protocol": "tcp", "ports": "22"}],
-                                            "egress_policy": "accept", "egress": []},
-                               "dnat_rules": [], "vpc_peerings": [],
-                               "appliances": [{"zone_id": zone.id, "instance_id": gw["_id"]}]}])
+                                            "egress_policy": "accept",
+                                            "egress": [{"destination": "192.0.2.0/24", "protocol": "udp", "ports": "53"}]},
+                               "dnat_rules": [{"destination": "127.0.0.23", "protocol": "tcp", "ports": "8080"}],
+                               "vpc_peerings": [{"subnet": peer_subnet, "policy": "drop", "netip": [],
+                                                 "ingress": [{"protocol": "tcp", "ports": "3300"}], "egress": []}],
+                               "appliances": [{"zone_id": zone.id, "instance_id": gw["_id"]},
+                                              {"zone_id": zone2, "instance_id": gw2["_id"]}]}])
     # APPLIANCE's shape: collection ipsec, the PSK sealed under the server secret
     insert(kahuna, "ipsec", [{
         "_id": ipsec_id, "kawaii_id": kawaii_id, "project_id": p1.id, "name": "to-hq", "ip": "127.0.0.50",
@@ -120,7 +128,7 @@ def world(kahuna):
                                "appliances": [{"zone_id": zone.id, "instance_id": lb["_id"]}],
                                "endpoints": [{"name": "https", "port": 443, "protocol": "tcp",
                                               "backends": {"hosts": ["10.0.0.5", "10.0.0.6"], "port": 8443}}]}])
-    return {"a": a, "b": b, "c": c, "gw": gw, "lb": lb, "stray": stray, "storm": storm, "p1": p1.id,
+    return {"a": a, "b": b, "c": c, "gw": gw, "gw2": gw2, "lb": lb, "stray": stray, "storm": storm, "p1": p1.id,
             "kawaii_id": kawaii_id}
 
 
@@ -196,14 +204,31 @@ def test_kawaii_appliance_sees_its_psk_and_nobody_else_does(kahuna, world):
     assert isinstance(ipsec["xfrm_id"], int) and all(isinstance(kawaii[k], list) for k in (
         "peering_interfaces", "public_vip_addresses", "virtual_ips", "fw_input_rules", "fw_output_rules",
         "fw_forward_rules", "fw_nat_rules", "ipsec_connections"))
-    assert body["peers"] == []  # the only appliance of its Kawaii
+    assert body["peers"] == ["127.0.0.29"]  # the other zone's appliance
     assert ipsec["pre_shared_key"] == PSK and ipsec["remote_peer"] == "198.51.100.7"
     assert (ipsec["phase1_df_group"], ipsec["phase2_df_group"]) == ("modp2048", "ecp256")
     assert (ipsec["dpd_action"], ipsec["rekey"], ipsec["ingress_rules"][0]["ports"]) == ("restart", "3h", "443")
     assert kawaii["public_vip_addresses"] == ["127.0.0.50"] and kawaii["fw_input_rules"][0]["ports"] == "22"
-    # its own zone's VIP: master
-    assert kawaii["virtual_ips"] == [{"vrrp_id": 3, "interface": "ens3", "vip": "127.0.0.50", "priority": 150,
-                                      "mask": 24, "public": True}]
+    # master for its own zone's VIPs, backup for the other zone's; the other appliance the reverse
+    assert kawaii["virtual_ips"] == [
+        {"vrrp_id": 3, "interface": "ens3", "vip": "127.0.0.50", "priority": 150, "mask": 24, "public": True},
+        {"vrrp_id": 4, "interface": "ens4", "vip": "10.1.0.3", "priority": 100, "mask": 26, "public": False}]
+    other = get(conn(kahuna), by_token(world["gw2"]))[1]
+    assert [v["priority"] for v in other["kawaii"]["virtual_ips"]] == [100, 150] and other["peers"] == ["127.0.0.26"]
+    assert other["kawaii"]["ipsec_connections"][0]["pre_shared_key"] == PSK  # both appliances carry the tunnel
+    # an egress rule is the exception to its policy (accept: the rule drops); DNAT per public VIP
+    assert kawaii["fw_output_rules"] == [{"oifname": "ens3", "source_ip": "0.0.0.0/0",
+                                          "destination_ip": "192.0.2.0/24", "protocol": "udp", "ports": "53",
+                                          "action": "drop"}]
+    assert kawaii["fw_nat_rules"] == [{"private_ip": "127.0.0.23", "public_ip": "127.0.0.50", "protocol": "tcp",
+                                       "ports": "8080"}]
+    # one VPC peering: its interface, and its ingress rule towards the peer (policy drop: accept)
+    assert kawaii["peering_interfaces"] == ["ens5"]
+    assert kawaii["fw_forward_rules"] == [{"iifname": "ens4", "oifname": "ens5", "destination_ip": "10.70.0.0/24",
+                                           "direction": "out", "protocol": "tcp", "ports": "3300",
+                                           "action": "accept"}]
+    for r in kawaii["fw_input_rules"] + kawaii["fw_output_rules"] + kawaii["fw_forward_rules"]:
+        assert set(r) <= set(RULE_FIELDS) and {"protocol", "ports", "action"} <= set(r)
     for who in ("a", "b", "c", "lb", "stray"):
         raw = json.dumps(get(conn(kahuna), by_token(world[who]))[1])
         assert PSK not in raw and "kawaii" not in json.loads(raw)
