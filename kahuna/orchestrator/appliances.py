@@ -31,7 +31,7 @@ from typing import Any
 from kahuna.logs import get_logger
 from kahuna.orchestrator import komputes, kontroller
 from kahuna.orchestrator.adapters import create_adapter, delete_adapter
-from kahuna.orchestrator.flows import Flow
+from kahuna.orchestrator.flows import Flow, register_undo
 from kahuna.orchestrator.placement import NoEligibleHost
 from kahuna.resources.errors import NotFoundError
 from kahuna.resources.semantic import Unprocessable
@@ -43,6 +43,7 @@ GiB = 1 << 30
 VCPUS, MEMORY, DISK = 1, GiB, 16 * GiB  # upstream's appliance size
 PUBLIC_IF, PRIVATE_IF = "ens3", "ens4"
 PRIORITY = 100  # kahuna.metadata raises the appliance's own zone to 150
+UNDO_KOMPUTE = "appliance.kompute"
 _NOT_HOST = re.compile(r"[^a-z0-9-]+")
 
 
@@ -81,9 +82,15 @@ def _appliance_spec(doc: Doc, *, profile: str, name: str, zone_id: str, exclude=
 async def _appliance(res, flow: Flow, spec) -> Doc:
     """One appliance: its Kontroller agent, then its Kompute (whose ISO carries the agent's key);
     both recorded on `flow`. Answers the `appliances[]` entry."""
-    agent = await kontroller.create_agent(res, flow, spec.name)
-    kompute = await komputes.create_kompute(res, spec)
-    await flow.record(f"kompute {spec.name}", undo="kompute.delete", data={"kompute_id": kompute["_id"]})
+    agent = await kontroller.create_agent(res, flow, spec.name, spec.profile_id)
+    await flow.record(f"kompute {spec.name}", undo=UNDO_KOMPUTE, data={
+        "kompute_id": "", "project_id": spec.project_id, "name": spec.name, "profile_id": spec.profile_id})
+    try:
+        kompute = await komputes.create_kompute(res, spec)
+    except BaseException:
+        await flow.remember(name="")  # the Kompute's own flow undid it: nothing to look for
+        raise
+    await flow.remember(kompute_id=kompute["_id"])
     instance = await res.get("instance", kompute["instance_id"]) if kompute.get("instance_id") else {}
     return {"zone_id": instance.get("zone_id") or kompute.get("zone_id") or spec.zone_id,
             "kaktus_id": instance.get("kaktus_id", ""), "kompute_id": kompute["_id"],
@@ -270,6 +277,20 @@ async def delete_konvey(res, konvey: Doc) -> None:
         await _net().release_vrrp_id(res, konvey["project_id"], int(konvey["vrrp_id"]))
     log.info("konvey deleted", konvey=konvey["_id"])
 
+
+async def _undo_kompute(res, data: Doc) -> None:
+    """Recorded before the Kompute is made: after a crash before its id was known, it is found by
+    name in the project, and only if it is this appliance's (profile_id)."""
+    kompute_id = data.get("kompute_id") or ""
+    if not kompute_id and data.get("name"):
+        kompute_id = next((k["_id"] for k in await res.list("kompute", project_id=data.get("project_id", ""),
+                                                              name=data["name"])
+                           if k.get("profile_id") == data.get("profile_id")), "")
+    if kompute_id:
+        await komputes.delete_kompute(res, kompute_id)
+
+
+register_undo(UNDO_KOMPUTE, _undo_kompute)
 
 # the controller fields of both appliance profiles' cloud-init, also for ISOs rebuilt after a restart
 komputes.register_meta_extras("kawaii", kontroller.meta_extras)

@@ -42,17 +42,24 @@ def controller_url(res) -> str:
     return cloudinit.controller_url(public.rstrip("/")) + "/ws"
 
 
-async def create_agent(res, flow: Flow, name: str) -> Doc:
-    """The Kontroller agent of the appliance instance `name`, recorded on `flow` once made (undo
-    deletes it by id: never by name, which could be another appliance's). Agent names are unique:
-    an agent already named so is a 409 naming it (upstream made a duplicate)."""
+def _owner_mark(owner_id: str) -> str:
+    return f"Kontroller agent of appliance {owner_id}"
+
+
+async def create_agent(res, flow: Flow, name: str, owner_id: str) -> Doc:
+    """The Kontroller agent of the appliance instance `name` (of the Kawaii or Konvey
+    `owner_id`), recorded on `flow` before it is made (its undo deletes it; after a crash before
+    its id was known, it is found by name *and* by the owner's mark in its description, so an
+    unrelated agent of that name is never touched). Agent names are unique: one already taken
+    is a 409 naming it (upstream made a duplicate)."""
+    await flow.record(f"agent {name}", undo=UNDO, data={"agent_id": "", "name": name, "owner_id": owner_id})
     try:
-        agent = await res.create("agent", {"name": name, "type": AGENT_TYPE,
-                                           "description": "appliance Kontroller agent"})
+        agent = await res.create("agent", {"name": name, "type": AGENT_TYPE, "description": _owner_mark(owner_id)})
     except ConflictError:
+        await flow.remember(name="")
         raise ConflictError(f"an agent named {name} already exists: the appliance instance "
                             f"{name} cannot get its own Kontroller agent") from None
-    await flow.record(f"agent {name}", undo=UNDO, data={"agent_id": agent["_id"]})
+    await flow.remember(agent_id=agent["_id"])
     log.info("kontroller agent created", agent=agent["_id"], name=name)
     return agent
 
@@ -131,7 +138,11 @@ async def reload(res, agent_ids: Iterable[str], *, what: str = "") -> int:
 
 
 async def _undo(res, data: Doc) -> None:
-    await delete_agent(res, data.get("agent_id") or "")
+    agent_id = data.get("agent_id") or ""
+    if not agent_id and data.get("name"):
+        agent_id = next((a["_id"] for a in await res.list("agent", name=data["name"])
+                         if a.get("description") == _owner_mark(data.get("owner_id", ""))), "")
+    await delete_agent(res, agent_id)
 
 
 register_undo(UNDO, _undo)

@@ -7,6 +7,8 @@ address, no host, an agent failing at a step: nothing left), PSK masking and acc
 from __future__ import annotations
 
 import ipaddress
+import signal
+import threading
 
 import kowabunga
 import pytest
@@ -16,6 +18,7 @@ from agent.sim.harness import SimHost
 from tests.conftest import make_client
 from tests.infra.helpers import http, stored, unique, wait_for
 from tests.services.appliance_world import NOTHING, boot, build, iso_meta, leftovers
+from tests.services.helpers import flows_left
 
 PSK = "a-long-enough-secret"
 
@@ -220,3 +223,40 @@ def test_a_member_of_another_project_sees_nothing(kahuna, world):
             kowabunga.KawaiiApi(member).delete_kawaii_ip_sec(kawaii.id, conn.id)
             kowabunga.KawaiiApi(member).delete_kawaii(kawaii.id)
     wait_for(lambda: leftovers(kahuna, world, project, "kawaii-") == NOTHING, "nothing left")
+
+
+# last: the Kahuna restarts (new ports)
+def test_sigkill_during_a_kawaii_create_is_undone_at_restart(kahuna, world, admin):
+    """Killed once the second appliance's domain exists on its Kaktus (the reply held back): the
+    restarted Kahuna undoes the whole create — both appliances, VIPs, VRRP ids, agents."""
+    project, region = world["project"], world["region"]
+    prefix = f"kawaii-{world['project_name']}"
+    zone_names = {z: kowabunga.ZoneApi(admin).read_zone(z).name for z in world["zones"]}
+    last = world["kaktus"][world["zones"].index(max(world["zones"], key=lambda z: zone_names[z]))]
+    last.faults.delay_reply("CreateInstance", 1.0)
+    request = threading.Thread(target=lambda: _quietly(http, kahuna, "POST",
+                                                       f"/project/{project}/region/{region}/kawaii", {}))
+    request.start()
+    try:
+        wait_for(lambda: any(d.startswith(prefix) for d in last.domains()), "the second appliance's domain", 20)
+        kahuna.proc.send_signal(signal.SIGKILL)
+        kahuna.proc.wait(10)
+    finally:
+        last.faults.clear()
+        request.join(30)
+    assert flows_left(kahuna) >= 1  # what the dead process left
+    kahuna.start()
+    for sim in world["kaktus"]:
+        sim.start(f"ws://127.0.0.1:{kahuna.hub_port}/ws")
+    for sim in world["kaktus"]:
+        sim.wait_connected()
+    wait_for(lambda: flows_left(kahuna) == 0, "the restarted Kahuna to recover the flows", 30)
+    assert leftovers(kahuna, world, project, prefix) == NOTHING
+    assert http(kahuna, "GET", f"/project/{project}/region/{region}/kawaiis")[1] == []
+
+
+def _quietly(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # the connection dies with the killed Kahuna
+        return exc
