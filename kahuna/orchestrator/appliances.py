@@ -33,6 +33,7 @@ from kahuna.orchestrator import komputes, kontroller
 from kahuna.orchestrator.adapters import create_adapter, delete_adapter
 from kahuna.orchestrator.flows import Flow, register_undo
 from kahuna.orchestrator.placement import NoEligibleHost
+from kahuna.resources import project_net
 from kahuna.resources.errors import NotFoundError
 from kahuna.resources.semantic import Unprocessable
 
@@ -63,11 +64,6 @@ def _first_address(adapter: Doc, what: str) -> str:
     if not addresses:
         raise Unprocessable(f"{what}: the VIP adapter got no address")
     return addresses[0]
-
-
-def _net():
-    from kahuna.resources import project_net  # NET's module (issue 8)
-    return project_net
 
 
 def _appliance_spec(doc: Doc, *, profile: str, name: str, zone_id: str, exclude=frozenset(),
@@ -109,7 +105,7 @@ async def _run(res, kind: str, doc: Doc, build) -> None:
 
 
 async def _vrrp_id(res, flow: Flow, project_id: str, what: str) -> int:
-    vrrp_id = await _net().allocate_vrrp_id(res, project_id)
+    vrrp_id = await project_net.allocate_vrrp_id(res, project_id)
     await flow.record(f"vrrp {what}", undo="project.vrrp", data={"project_id": project_id, "vrrp_id": vrrp_id})
     return vrrp_id
 
@@ -133,15 +129,14 @@ async def create_kawaii(res, kawaii: Doc) -> None:
 
 
 async def _build_kawaii(res, flow: Flow, kawaii: Doc) -> None:
-    net = _net()
     project = await res.get("project", kawaii["project_id"])
     region = await res.get("region", kawaii["region_id"])
     zones = await zones_of(res, region["_id"])
     if not zones:
         raise Unprocessable(f"region {region.get('name')} has no zone: a Kawaii has one appliance per zone")
-    private = await net.private_subnet(res, project, region["_id"])
-    gateways = {z["_id"]: await net.zone_gateway(res, project, z["_id"]) for z in zones}
-    public = await net.public_subnet(res, region["_id"], needed=len(zones))
+    private = await project_net.private_subnet(res, project, region["_id"])
+    gateways = {z["_id"]: await project_net.zone_gateway(res, project, z["_id"]) for z in zones}
+    public = await project_net.public_subnet(res, region["_id"], needed=len(zones))
     public_mask, private_mask = _prefix(public["cidr"]), _prefix(private["cidr"])
     adapters, vrrp_ids, vips, netzones = {}, {}, [], []
     for zone in zones:
@@ -200,7 +195,7 @@ async def delete_kawaii(res, kawaii: Doc) -> None:
     for adapter_id in (kawaii.get("public_adapter_ids") or {}).values():
         await delete_adapter(res, adapter_id)
     for vrrp_id in sorted(set((kawaii.get("vrrp_ids") or {}).values())):
-        await _net().release_vrrp_id(res, kawaii["project_id"], int(vrrp_id))
+        await project_net.release_vrrp_id(res, kawaii["project_id"], int(vrrp_id))
     log.info("kawaii deleted", kawaii=kawaii["_id"])
 
 
@@ -222,10 +217,9 @@ async def create_konvey(res, konvey: Doc) -> None:
 
 
 async def _build_konvey(res, flow: Flow, konvey: Doc) -> None:
-    net = _net()
     project = await res.get("project", konvey["project_id"])
     region = await res.get("region", konvey["region_id"])
-    private = await net.private_subnet(res, project, region["_id"])
+    private = await project_net.private_subnet(res, project, region["_id"])
     adapter = await create_adapter(res, flow, subnet_id=private["_id"],
                                    name=f"konvey-{konvey['name']}-{region['name']}-VIP-private-adapter-0",
                                    project_id=project["_id"], assign_ip=True)
@@ -274,7 +268,7 @@ async def delete_konvey(res, konvey: Doc) -> None:
     await _delete_appliances(res, konvey)
     await delete_adapter(res, konvey.get("private_adapter_id") or "")
     if konvey.get("vrrp_id"):
-        await _net().release_vrrp_id(res, konvey["project_id"], int(konvey["vrrp_id"]))
+        await project_net.release_vrrp_id(res, konvey["project_id"], int(konvey["vrrp_id"]))
     log.info("konvey deleted", konvey=konvey["_id"])
 
 
