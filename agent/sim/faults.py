@@ -21,9 +21,10 @@ from .model import SimError
 
 @dataclass
 class Rule:
-    kind: str                 # fail | delay | drop
+    kind: str                 # fail | delay | late | drop
     arg: Any                  # the message, the seconds, or None
     remaining: int | None     # None: every call
+    when: Callable[[Any], bool] | None = None  # only calls whose params it accepts (None: all)
 
 
 class Faults:
@@ -34,11 +35,12 @@ class Faults:
 
     # ---------------------------------------------------------------- setting
 
-    def _set(self, method: str, kind: str, arg: Any, times: int | None) -> None:
+    def _set(self, method: str, kind: str, arg: Any, times: int | None,
+             when: Callable[[Any], bool] | None = None) -> None:
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 (or None: every call)")
         with self._lock:
-            self._rules[(method, kind)] = Rule(kind, arg, times)
+            self._rules[(method, kind)] = Rule(kind, arg, times, when)
 
     def fail(self, method: str, message: str, times: int | None = None) -> None:
         """`method` answers the error `message` instead of doing anything."""
@@ -48,10 +50,12 @@ class Faults:
         """`method` answers after `seconds` (then runs normally, unless it also fails)."""
         self._set(method, "delay", float(seconds), times)
 
-    def delay_reply(self, method: str, seconds: float, times: int | None = None) -> None:
+    def delay_reply(self, method: str, seconds: float, times: int | None = None,
+                    when: Callable[[Any], bool] | None = None) -> None:
         """`method` does its work at once, then answers after `seconds`: a caller that dies
-        meanwhile never learns that it was done (a crash test's worst case)."""
-        self._set(method, "late", float(seconds), times)
+        meanwhile never learns that it was done (a crash test's worst case). `when(params)`:
+        only the calls it accepts (e.g. those naming one volume)."""
+        self._set(method, "late", float(seconds), times, when)
 
     def drop(self, method: str, times: int | None = 1, down_for: float | None = 0.0) -> None:
         """The connection is cut while `method` runs: no reply, nothing done. The agent then
@@ -84,10 +88,10 @@ class Faults:
         with self._lock:
             return list(self._calls)
 
-    def _take(self, method: str, kind: str) -> Rule | None:
+    def _take(self, method: str, kind: str, params: Any = None) -> Rule | None:
         with self._lock:
             rule = self._rules.get((method, kind))
-            if rule is None:
+            if rule is None or (rule.when is not None and not rule.when(params)):
                 return None
             if rule.remaining is not None:
                 rule.remaining -= 1
@@ -129,7 +133,7 @@ class Faults:
                         outcome = f"error: {exc}"
                         raise
                     outcome = "ok"
-                    rule = self._take(name, "late")
+                    rule = self._take(name, "late", logged)
                     if rule is not None:
                         await trio.sleep(rule.arg)
                     return result
