@@ -11,7 +11,9 @@ Way 2 (upstream's headers, `global.metadata.legacyHeaders`): `X-Kowabunga-Instan
 source address of the request (the TCP peer, or the X-Forwarded-For entry appended by a trusted
 proxy) is the instance's own private address, or a public address of its project's Kawaii in the
 instance's region (the NAT the instance egresses through), and the declared address is the
-instance's `local_ip`.
+instance's `local_ip`. The NAT address is shared by every instance of the project, so it is not
+accepted for an appliance instance (Kawaii/Konvey), whose profile holds secrets: those prove
+themselves with their token (as Kahuna's ISOs let them) or come from their own private address.
 
 Every refusal after the header check is the same 403, whether the id is unknown, the token wrong
 or the source foreign: the caller cannot learn which instance ids exist.
@@ -27,6 +29,7 @@ from kahuna.resources.errors import Forbidden, Unauthorized, Unavailable
 from kahuna.store import errors as store_errors
 from kahuna.store.base import is_valid_id
 
+APPLIANCES = ("kawaii", "konvey")
 ID_HEADER = "X-Kowabunga-Instance-Id"
 TOKEN_HEADER = "X-Kowabunga-Instance-Token"
 SOURCE_HEADER = "X-Kowabunga-Source-Ip"
@@ -75,7 +78,11 @@ async def identify(store, server_secret: str, headers: Mapping[str, str], source
     if instance is None or not instance.get("local_ip") or declared != instance["local_ip"]:
         raise Forbidden(REFUSED)
     real = strip_port(source)
-    if real == instance["local_ip"] or real in await kawaii_public_ips(store, instance):
+    if real == instance["local_ip"]:
+        return Caller(instance, "source")
+    # behind the NAT every instance of the project has the same address: good enough for an
+    # ordinary profile (no secret in it), never for an appliance's (PSKs, VRRP data)
+    if instance.get("profile") not in APPLIANCES and real in await kawaii_public_ips(store, instance):
         return Caller(instance, "source")
     raise Forbidden(REFUSED)
 

@@ -269,11 +269,15 @@ def test_a_kawaii_appliance_sees_its_ipsec_psk_and_nobody_else_does(kahuna, worl
 
 def test_an_instance_behind_its_kawaii_uses_upstreams_headers(kahuna, world, kawaii):
     """The NAT an instance egresses through: the Kawaii's public VIP is a valid source for its
-    project's instances, not for another project's."""
+    project's ordinary instances, not for another project's, nor for an appliance."""
     nat = kawaii["doc"]["public_vips"][0]
     status, body, _ = get(conn(kahuna, PROXY), by_source(world["beta"], nat))
     assert status == 200 and body["instance-id"] == world["beta"]["id"]
     assert get(conn(kahuna, PROXY), by_source(world["gamma"], nat))[0] == 403
+    # behind the NAT all of p1 looks alike: not enough for the appliance's own profile (its PSKs)
+    assert get(conn(kahuna, PROXY), by_source(kawaii["vm"], nat))[0] == 403
+    status, body, _ = get(conn(kahuna, PROXY), by_source(kawaii["vm"], kawaii["vm"]["ip"]))
+    assert status == 200 and body["kawaii"]["ipsec_connections"][0]["pre_shared_key"] == PSK
 
 
 def test_the_kontroller_configures_from_its_profile_and_follows_a_rule_change(kahuna, world, kawaii, host, admin):

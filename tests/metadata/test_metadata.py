@@ -191,6 +191,9 @@ def test_upstream_headers_only_from_the_real_source(kahuna, world):
     # through its project's Kawaii NAT address; not another project's instance through it
     assert get(conn(kahuna, "127.0.0.50"), by_source(a))[0] == 200
     assert get(conn(kahuna, "127.0.0.50"), by_source(world["c"]))[0] == 403
+    # nor for the appliance itself (its profile holds the PSKs): from its own address only
+    assert get(conn(kahuna, "127.0.0.50"), by_source(world["gw"]))[0] == 403
+    assert get(conn(kahuna, "127.0.0.26"), by_source(world["gw"]))[0] == 200
 
 
 def test_kawaii_appliance_sees_its_psk_and_nobody_else_does(kahuna, world):
