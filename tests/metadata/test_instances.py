@@ -321,6 +321,10 @@ def test_a_konvey_appliance_profile(kahuna, world, admin):
     assert konvey["endpoints"] == [{"name": "https", "port": 443, "protocol": "tcp", "backends": [
         {"host": alpha["ip"], "port": 8443}, {"host": beta["ip"], "port": 8443}]}]
     assert "konvey" not in read(kahuna, alpha) and "kawaii" not in body
+    # a backend removed through the API is gone at the next read
+    kowabunga.KonveyApi(admin).update_konvey(lb.id, kowabunga.KonveyUpdate(endpoints=[kowabunga.KonveyEndpoint(
+        name="https", port=443, protocol="tcp", backends=kowabunga.KonveyBackends(hosts=[beta["ip"]], port=8443))]))
+    assert read(kahuna, vm)["konvey"]["endpoints"][0]["backends"] == [{"host": beta["ip"], "port": 8443}]
 
 
 def test_no_token_or_psk_in_the_daemon_log(kahuna, world, kawaii):
