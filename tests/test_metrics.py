@@ -1,20 +1,18 @@
 """GET /metrics (issue 13): the series are there under their names, and they move with what the
 daemon does — HTTP requests counted under their route template (never an id), a created or
 deleted object's kowabunga_* series appearing and disappearing, an agent session gauge going up
-and down, an agent call counted, store operations and the mail outbox. Values, not timings."""
+and down, an agent call counted, store operations and the mail outbox. Values, not timings.
+One daemon for the module (the suite's `kahuna` and `admin` fixtures)."""
 
 from __future__ import annotations
 
 import time
 
 import kowabunga
-import pytest
 import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import make_client
 from tests.infra.helpers import SimAgent, create_agents, http, unique, wait_for
-from tests.kahuna_proc import Kahuna, write_config
 
 FAMILIES = [
     "kahuna_ha_role", "kahuna_http_requests", "kahuna_http_request_duration_seconds",
@@ -32,21 +30,6 @@ FAMILIES = [
     "kowabunga_project_estimated_cost", "kowabunga_instance_settings", "kowabunga_instance_allocated_vcpus",
     "kowabunga_instance_allocated_memory_bytes", "kowabunga_instance_estimated_cost",
 ]
-
-
-@pytest.fixture(scope="module")
-def kahuna(tmp_path_factory):
-    work = tmp_path_factory.mktemp("metrics")
-    config = write_config(work / "kahuna.yml", work / "data")
-    with Kahuna(work, config) as k:
-        k.config_path = config
-        yield k
-
-
-@pytest.fixture(scope="module")
-def admin(kahuna):
-    with make_client(kahuna) as client:
-        yield client
 
 
 def scrape(kahuna) -> tuple[dict[str, str], dict[tuple, float]]:
@@ -144,6 +127,7 @@ def test_a_queued_mail_shows_in_the_outbox_depth(kahuna, admin):
 
 
 def test_agent_session_gauge_up_and_down_and_a_call_counted(kahuna, admin, tmp_path):
+    kahuna.config_path = kahuna.config  # what the agent CLI helper reads
     agent = create_agents(kahuna, "Kaktus")[0]
     _, before = scrape(kahuna)
     sessions = value(before, "kahuna_hub_sessions", type="Kaktus") or 0

@@ -195,16 +195,15 @@ def _template(rule: str, memo: dict[str, str]) -> str:
     return out
 
 
-def install(table: RouteTable, *, resources) -> None:
+def count_requests(app) -> HttpStats:
+    """Hook request counting into a Quart app: a perf_counter before, a dict increment and a
+    bisect after (bench/api.py measures this on a bare app too, against the same app without).
+    Registered before create_app's own hooks (installers run first), so the standby answer of a
+    passive node and the request log are timed and counted too."""
     http = HttpStats()
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(resources, http))
-    app = table.app
     memo: dict[str, str] = {}
     clock = time.perf_counter
 
-    # registered before create_app's own hooks (installers run first), so the standby answer
-    # of a passive node and the request log are timed and counted too
     @app.before_request
     async def _metrics_start():
         g.kahuna_metrics_t0 = clock()
@@ -216,6 +215,13 @@ def install(table: RouteTable, *, resources) -> None:
         http.observe(_template(rule.rule, memo) if rule is not None else UNMATCHED, request.method,
                      response.status_code, clock() - started if started is not None else 0.0)
         return response
+
+    return http
+
+
+def install(table: RouteTable, *, resources) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(resources, count_requests(table.app)))
 
     async def metrics(principal):
         return Response(generate_latest(registry), status=200,
