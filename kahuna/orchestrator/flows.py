@@ -43,6 +43,7 @@ Resume = Callable[[Any, "Flow"], Awaitable[None]]
 _RESUMES: dict[str, Resume] = {}
 _LIVE: set[str] = set()  # flows running in this process: never "recovered" under their feet
 RETRY_SECONDS = 2.0
+FIRST_RETRY = 0.1  # recover_loop's first retry after a round left flows (doubling to RETRY_SECONDS)
 
 
 def register_undo(name: str, fn: Undo) -> Undo:
@@ -263,14 +264,23 @@ async def pending(res) -> int:
 async def recover_loop(res, interval: float = RETRY_SECONDS, *,
                        task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Background task (while this node is active): recover at once, then retry the flows whose
-    undo could not run yet (their agent not reconnected) every `interval` seconds."""
+    undo could not run yet (their agent not reconnected): soon at first (agents come back within
+    a second of a restart), backing off to every `interval` seconds."""
     started = False
+    delay = FIRST_RETRY
     while True:
+        left = 0
         try:
             await recover(res)
+            left = await pending(res)
         except Exception as exc:  # the store away: next round
             log.warning("flow recovery postponed", error=repr(exc))
         if not started:
             task_status.started()
             started = True
-        await trio.sleep(interval)
+        if left:
+            await trio.sleep(delay)
+            delay = min(delay * 2, interval)
+        else:
+            delay = FIRST_RETRY
+            await trio.sleep(interval)

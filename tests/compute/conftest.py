@@ -101,3 +101,23 @@ def project_with_subnet(kahuna, admin, world, net: str, **fields) -> str:
     if world["region"] not in (stored(kahuna, "project", project).get("private_subnets") or {}):
         give_private_subnet(kahuna, project, world["region"], subnet)
     return project
+
+
+@pytest.fixture(scope="module")
+def kiwi(kahuna, world, admin):
+    """A simulated Kiwi, the DNS agent of the world's region."""
+    agent = create_agents(kahuna, "Kiwi")[0]
+    sim = world["host"].kiwi(agent["id"], agent["key"], f"ws://127.0.0.1:{kahuna.hub_port}/ws")
+    sim.wait_connected()
+    wait_for(lambda: agent_status(kahuna, agent["id"])["connected"], "Kahuna to see the Kiwi")
+    kowabunga.RegionApi(admin).create_region_kiwi(world["region"], kowabunga.Kiwi(name=unique("kiwi"),
+                                                                                  agents=[agent["id"]]))
+    return sim
+
+
+@pytest.fixture(scope="module")
+def corp(kahuna, world, admin):
+    """A project with domain corp.test and its own private subnet 10.52.0.0/24."""
+    project = project_with_subnet(kahuna, admin, world, "10.52.0", domain="corp.test",
+                                  quotas=kowabunga.ProjectResources(storage=40 * GiB))
+    return {"id": project, "subnet": stored(kahuna, "project", project)["private_subnets"][world["region"]]}

@@ -15,27 +15,7 @@ import pytest
 import yaml
 
 from agent.sim.model import GiB
-from tests.compute.conftest import project_with_subnet
-from tests.infra.helpers import agent_status, create_agents, http, stored, unique, wait_for
-
-
-@pytest.fixture(scope="module")
-def kiwi(kahuna, world, admin):
-    agent = create_agents(kahuna, "Kiwi")[0]
-    sim = world["host"].kiwi(agent["id"], agent["key"], f"ws://127.0.0.1:{kahuna.hub_port}/ws")
-    sim.wait_connected()
-    wait_for(lambda: agent_status(kahuna, agent["id"])["connected"], "Kahuna to see the Kiwi")
-    kowabunga.RegionApi(admin).create_region_kiwi(world["region"], kowabunga.Kiwi(name=unique("kiwi"),
-                                                                                  agents=[agent["id"]]))
-    return sim
-
-
-@pytest.fixture(scope="module")
-def corp(kahuna, world, admin):
-    """A project with domain corp.test and its own private subnet 10.52.0.0/24."""
-    project = project_with_subnet(kahuna, admin, world, "10.52.0", domain="corp.test",
-                                  quotas=kowabunga.ProjectResources(storage=40 * GiB))
-    return {"id": project, "subnet": stored(kahuna, "project", project)["private_subnets"][world["region"]]}
+from tests.infra.helpers import create_agents, http, stored, unique, wait_for
 
 
 def _adapters(admin, subnet: str) -> dict[str, kowabunga.Adapter]:
