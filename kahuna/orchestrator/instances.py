@@ -31,7 +31,7 @@ import trio
 
 from kahuna import cloudinit
 from kahuna.logs import get_logger
-from kahuna.orchestrator import virtxml
+from kahuna.orchestrator import placement, virtxml
 from kahuna.orchestrator.agent_calls import AgentCalls, AgentTimedOut
 from kahuna.orchestrator.flows import Flow, register_undo
 from kahuna.orchestrator import dns
@@ -39,7 +39,7 @@ from kahuna.orchestrator.komputes import (PLACEMENT_LOCK, KomputeEffects, delete
                                           set_membership)
 from kahuna.orchestrator.volumes import VolumeEffects, delete_image
 from kahuna.resources import quota
-from kahuna.resources.errors import ConflictError, DomainError, Invalid, Missing, NotFoundError
+from kahuna.resources.errors import ConflictError, DomainError, InsufficientResources, Invalid, Missing, NotFoundError
 from kahuna.store import errors as store_errors
 
 log = get_logger("kahuna.instances")
@@ -330,7 +330,8 @@ async def _create(res, doc: Doc, flow: Flow) -> None:
     async with res.locks.hold(PLACEMENT_LOCK):  # as a Kompute's: place + reserve as one, names global
         if [i for i in await res.list("instance", name=doc["name"]) if i["_id"] != doc["_id"]]:
             raise ConflictError(f"name: an instance named {doc['name']} already exists")
-        kaktus = await _effects(res).place(res, doc, zones, scope="" if doc["zone_id"] else f"region {region.get('name')}")
+        scope = "" if doc["zone_id"] else f"region {region.get('name')}"
+        kaktus = await _effects(res).place(res, doc, zones, scope=scope)
         await host_usage(res, flow, kaktus["_id"], 1, doc)
     doc["zone_id"], doc["kaktus_id"] = kaktus["zone_id"], kaktus["_id"]
     await res.set_fields("instance", doc["_id"], {"zone_id": doc["zone_id"], "kaktus_id": doc["kaktus_id"]})
@@ -376,37 +377,79 @@ async def before_update(res, old: Doc, new: Doc) -> None:
 
 
 async def update(res, old: Doc, new: Doc) -> None:
-    """Quota first; volumes attached; ISO refreshed; domain re-defined and power-cycled when its
-    hardware changed while running. Any failure gives back what was taken (the service then
-    restores the document)."""
+    """A durable flow up to the re-definition: the quota and the host's room for the growth,
+    volumes attached, ISO refreshed, `UpdateInstance`; a failure or a crash gives everything back
+    (the document and its ISO included). Then volumes taken out are detached and, when the domain
+    runs and its hardware changed, it is power-cycled (a re-definition is read at the next boot)."""
     dv, dm = int(new["vcpus"]) - int(old["vcpus"]), int(new["memory"]) - int(old["memory"])
     hardware = bool(dv or dm) or new["volume_ids"] != old.get("volume_ids") or \
         new["adapter_ids"] != old.get("adapter_ids")
     if not hardware and new.get("description") == old.get("description"):
         return
-    volumes, adapters = await check_devices(res, new)
-    await check_free_adapters(res, new, adapters)
-    added = [v for v in volumes if v["_id"] not in (old.get("volume_ids") or ())]
-    removed = [v for v in old.get("volume_ids") or () if v not in new["volume_ids"]]
-    await quota.reserve(res, new["project_id"], vcpus=dv, memory=dm)
+    flow = await Flow(res, "instance.update", new["_id"]).start()
     try:
-        await attach(res, new["_id"], added)
-        host = await Host.of(res, new["kaktus_id"])
-        await refresh_iso(res, new["_id"])  # the stored document is already the new one
-        xml = await domain_xml(res, new, host, volumes)
-        await host.call("UpdateInstance", {"Name": new["name"], "XML": xml})
+        host = await _update(res, flow, old, new, dv, dm)
     except BaseException:
-        with trio.CancelScope(shield=True):
-            await detach(res, new["_id"], [v["_id"] for v in added])
-            await quota.release(res, new["project_id"], vcpus=dv, memory=dm)
+        await flow.rollback()
         raise
-    await detach(res, new["_id"], removed)
-    await kaktus_usage(res, new["kaktus_id"], dv, dm, 0)
+    await flow.finish()
+    await detach(res, new["_id"], [v for v in old.get("volume_ids") or () if v not in new["volume_ids"]])
     if hardware:
         state = await host.state(new["name"])
         if state not in STOPPED:
             await host.shut_down(new["name"], shutdown_grace(res))
             await host.restore(new["name"], state)
+
+
+async def _update(res, flow: Flow, old: Doc, new: Doc, dv: int, dm: int) -> Host:
+    await flow.record("document", undo="instance.restore", data={"doc": old})
+    volumes, adapters = await check_devices(res, new)
+    await check_free_adapters(res, new, adapters)
+    await quota.reserve(res, new["project_id"], vcpus=dv, memory=dm)
+    await flow.record("quota", undo="project.usage",
+                      data={"project_id": new["project_id"], "delta": {"vcpus": dv, "memory": dm}})
+    host = await Host.of(res, new["kaktus_id"])
+    if dv > 0 or dm > 0:
+        async with res.locks.hold(PLACEMENT_LOCK):  # the host's room, checked and taken as one
+            node = await res.get("kaktus", new["kaktus_id"])
+            room = placement.candidate_from_kaktus(node)
+            if room.cpu_threads and room.free_vcpus < dv:
+                raise InsufficientResources(f"vcpus: Kaktus {node['name']} has {max(0, room.free_vcpus)} free vCPUs")
+            if room.memory and room.free_memory < dm:
+                raise InsufficientResources(f"memory: Kaktus {node['name']} has {max(0, room.free_memory)} "
+                                            "bytes of free memory")
+            await flow.record("host usage", undo="kaktus.usage",
+                              data={"kaktus_id": node["_id"], "vcpus": dv, "memory": dm, "instances": 0})
+            await kaktus_usage(res, node["_id"], dv, dm, 0)
+    elif dv or dm:
+        await flow.record("host usage", undo="kaktus.usage",
+                          data={"kaktus_id": new["kaktus_id"], "vcpus": dv, "memory": dm, "instances": 0})
+        await kaktus_usage(res, new["kaktus_id"], dv, dm, 0)
+    added = [v for v in volumes if v["_id"] not in (old.get("volume_ids") or ())]
+    await flow.record("attach", undo="instance.attach",
+                      data={"instance_id": new["_id"], "volume_ids": [v["_id"] for v in added]})
+    await attach(res, new["_id"], added)
+    await refresh_iso(res, new["_id"])  # the stored document is already the new one
+    xml = await domain_xml(res, new, host, volumes)
+    await host.call("UpdateInstance", {"Name": new["name"], "XML": xml})
+    return host
+
+
+async def _undo_update(res, data: Doc) -> None:
+    """The document as it was, and its ISO rendered from it again (best effort: the ISO only
+    matters at the guest's next boot, and a refresh retries it)."""
+    old = data["doc"]
+    try:
+        await res.store.replace("instance", old)
+    except store_errors.NotFound:
+        return
+    try:
+        await refresh_iso(res, old["_id"])
+    except DomainError as exc:
+        log.warning("cloud-init ISO not restored", instance=old["_id"], error=exc.reason)
+
+
+register_undo("instance.restore", _undo_update)
 
 
 # ---------------------------------------------------------------------------- delete

@@ -73,6 +73,10 @@ def test_instance_lifecycle(kahuna, world, admin):
         assert [d["volume"] for d in domain["disks"] if d["device"] == "disk"] == ["vm1-root"]
         assert stored(kahuna, "volume", raw)["instance_id"] == ""
         assert _usage(admin, world) == (1, 2, 2 * GiB)
+        code, body = http(kahuna, "PUT", f"/instance/{vm.id}", {"vcpus": 1000})  # more than the host has
+        assert code == 507 and "free vCPUs" in body["reason"], body
+        assert stored(kahuna, "instance", vm.id)["vcpus"] == 2 and k.domain("vm1")["vcpus"] == 2
+        assert _usage(admin, world) == (1, 2, 2 * GiB)
         kowabunga.InstanceApi(member).stop_instance(vm.id)
         instances.update_instance(vm.id, kowabunga.InstanceUpdate(vcpus=1))
         assert (k.domain("vm1")["vcpus"], k.domain("vm1")["state"]) == (1, "Shutoff")  # stays off
