@@ -93,15 +93,17 @@ async def _appliance(res, flow: Flow, spec) -> Doc:
             "instance_id": kompute.get("instance_id", ""), "agent_id": agent["_id"], "name": spec.name}
 
 
-async def _run(res, kind: str, doc: Doc, build) -> None:
+async def _create(res, kind: str, doc: Doc, build) -> None:
+    """`build(res, flow, doc)` as one durable flow whose first step is the document itself."""
     flow = await Flow(res, f"{kind}.create", doc["_id"]).start()
     try:
         await flow.record("document", undo="store.delete", data={"collection": kind, "id": doc["_id"]})
-        await build(flow)
+        await build(res, flow, doc)
     except BaseException:
         await flow.rollback()
         raise
     await flow.finish()
+    log.info(f"{kind} created", id=doc["_id"], appliances=len(doc.get("appliances") or ()))
 
 
 async def _vrrp_id(res, flow: Flow, project_id: str, what: str) -> int:
@@ -122,10 +124,7 @@ async def zones_of(res, region_id: str) -> list[Doc]:
 
 
 async def create_kawaii(res, kawaii: Doc) -> None:
-    async def build(flow: Flow) -> None:
-        await _build_kawaii(res, flow, kawaii)
-    await _run(res, "kawaii", kawaii, build)
-    log.info("kawaii created", kawaii=kawaii["_id"], appliances=len(kawaii.get("appliances") or ()))
+    await _create(res, "kawaii", kawaii, _build_kawaii)
 
 
 async def _build_kawaii(res, flow: Flow, kawaii: Doc) -> None:
@@ -210,10 +209,7 @@ async def _delete_appliances(res, doc: Doc) -> None:
 
 
 async def create_konvey(res, konvey: Doc) -> None:
-    async def build(flow: Flow) -> None:
-        await _build_konvey(res, flow, konvey)
-    await _run(res, "konvey", konvey, build)
-    log.info("konvey created", konvey=konvey["_id"], appliances=len(konvey.get("appliances") or ()))
+    await _create(res, "konvey", konvey, _build_konvey)
 
 
 async def _build_konvey(res, flow: Flow, konvey: Doc) -> None:

@@ -64,7 +64,7 @@ def build(kahuna, admin, smtp_sink, host, *, public_cidr: str = "198.51.100.0/27
     return {"region": region, "zones": [first_zone, second_zone], "kaktus": kaktuses, "nodes": nodes,
             "pool": pool.id, "public_subnet": public_subnet, "public_vnet": public.id,
             "private_subnet": doc["private_subnets"][region], "zone_gateways": doc["zone_gateways"],
-            "project": project.id, "project_name": project.name, "other": other.id, "endpoint": endpoint,
+            "project": project.id, "project_name": project.name, "other": other.id, "host": host,
             "member": login(kahuna, member.email, password), "reader": login(kahuna, reader.email, reader_password),
             "outsider": login(kahuna, outsider.email, other_password)}
 
@@ -74,11 +74,12 @@ def iso_meta(world, instance_name: str) -> dict:
     return yaml.safe_load(world["kaktus"][0].iso_files(POOL, f"{instance_name}-cloudinit")["meta-data"])
 
 
-def boot(kahuna, world, host, instance_name: str):
+def boot(kahuna, world, instance_name: str):
     """The appliance's simulated Kontroller, booted from its ISO (the test reaches the hub and the
     metadata service on loopback rather than through publicUrl)."""
-    return host.kontroller(world["kaktus"][0], POOL, f"{instance_name}-cloudinit", endpoint=world["endpoint"],
-                           metadata_url=kahuna.url + METADATA_PATH)
+    return world["host"].kontroller(world["kaktus"][0], POOL, f"{instance_name}-cloudinit",
+                                    endpoint=f"ws://127.0.0.1:{kahuna.hub_port}/ws",
+                                    metadata_url=kahuna.url + METADATA_PATH)
 
 
 def leftovers(kahuna, world, project_id: str, prefix: str) -> dict:

@@ -14,24 +14,22 @@ import kowabunga
 import pytest
 from kowabunga.exceptions import ApiException, NotFoundException
 
-from agent.sim.harness import SimHost
 from tests.conftest import make_client
 from tests.infra.helpers import http, stored, unique, wait_for
-from tests.services.appliance_world import NOTHING, boot, build, iso_meta, leftovers
+from tests.services.appliance_world import NOTHING, boot, iso_meta, leftovers
 from tests.services.helpers import flows_left
 
 PSK = "a-long-enough-secret"
 
 
 @pytest.fixture(scope="module")
-def host():
-    with SimHost() as h:
-        yield h
+def kahuna(appliance_stack):
+    return appliance_stack[0]
 
 
 @pytest.fixture(scope="module")
-def world(kahuna, admin, smtp_sink, host):
-    return build(kahuna, admin, smtp_sink, host)
+def world(appliance_stack):
+    return appliance_stack[1]
 
 
 def ipsec_body(**over):
@@ -44,7 +42,7 @@ def ipsec_body(**over):
     return kowabunga.KawaiiIpSec(**body)
 
 
-def test_kawaii_life_cycle(kahuna, world, host, admin):
+def test_kawaii_life_cycle(kahuna, world, admin):
     project, region = world["project"], world["region"]
     with make_client(kahuna, api_key=None, token=world["member"]) as member:
         projects, kawaiis = kowabunga.ProjectApi(member), kowabunga.KawaiiApi(member)
@@ -83,7 +81,7 @@ def test_kawaii_life_cycle(kahuna, world, host, admin):
             assert (instance["profile"], instance["profile_id"], instance["vcpus"]) == ("kawaii", kawaii.id, 1)
 
         # the appliances boot, connect, are reloaded and configure themselves from their profile
-        sims = [boot(kahuna, world, host, n) for n in names]
+        sims = [boot(kahuna, world, n) for n in names]
         states = [s.wait_reloads(1) for s in sims]
         by_zone = {a["zone_id"]: a for a in doc["appliances"]}
         for state, appliance in zip(states, doc["appliances"]):
@@ -139,7 +137,8 @@ def test_kawaii_life_cycle(kahuna, world, host, admin):
         assert states[0]["ipsec"] == []
         assert kawaiis.delete_kawaii(kawaii.id) is None
         for sim in sims:
-            sim.wait_disconnected()
+            sim.wait_disconnected()  # its agent went with the appliance: the hub closed the session
+            sim.stop()
         with pytest.raises(NotFoundException):
             kawaiis.read_kawaii(kawaii.id)
     assert leftovers(kahuna, world, project, name) == NOTHING

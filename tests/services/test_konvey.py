@@ -12,21 +12,19 @@ import kowabunga
 import pytest
 from kowabunga.exceptions import ApiException, NotFoundException
 
-from agent.sim.harness import SimHost
 from tests.conftest import make_client
 from tests.infra.helpers import http, stored
-from tests.services.appliance_world import NOTHING, boot, build, iso_meta, leftovers
+from tests.services.appliance_world import NOTHING, boot, iso_meta, leftovers
 
 
 @pytest.fixture(scope="module")
-def host():
-    with SimHost() as h:
-        yield h
+def kahuna(appliance_stack):
+    return appliance_stack[0]
 
 
 @pytest.fixture(scope="module")
-def world(kahuna, admin, smtp_sink, host):
-    return build(kahuna, admin, smtp_sink, host)
+def world(appliance_stack):
+    return appliance_stack[1]
 
 
 def endpoint(name="https", port=443, hosts=("10.70.1.10", "10.70.1.11"), backend_port=8443, protocol="tcp"):
@@ -34,7 +32,7 @@ def endpoint(name="https", port=443, hosts=("10.70.1.10", "10.70.1.11"), backend
                                     backends=kowabunga.KonveyBackends(hosts=list(hosts), port=backend_port))
 
 
-def test_region_konvey_with_failover(kahuna, world, host, admin):
+def test_region_konvey_with_failover(kahuna, world, admin):
     project, region = world["project"], world["region"]
     prefix = f"konvey-{world['project_name']}-web"
     with make_client(kahuna, api_key=None, token=world["member"]) as member:
@@ -60,7 +58,7 @@ def test_region_konvey_with_failover(kahuna, world, host, admin):
             assert iso_meta(world, appliance["name"])["kowabunga_controller_agent_id"] == appliance["agent_id"]
             assert stored(kahuna, "instance", appliance["instance_id"])["profile"] == "konvey"
 
-        sims = [boot(kahuna, world, host, a["name"]) for a in appliances]
+        sims = [boot(kahuna, world, a["name"]) for a in appliances]
         for state in [s.wait_reloads(1) for s in sims]:
             assert state["kind"] == "konvey"
             assert [(v["vip"], v["vrrp_id"], v["public"]) for v in state["vips"]] == [(lb.vip, doc["vrrp_id"], False)]
@@ -79,7 +77,8 @@ def test_region_konvey_with_failover(kahuna, world, host, admin):
 
         assert konveys.delete_konvey(lb.id) is None
         for sim in sims:
-            sim.wait_disconnected()
+            sim.wait_disconnected()  # its agent went with the appliance: the hub closed the session
+            sim.stop()
         with pytest.raises(NotFoundException):
             konveys.read_konvey(lb.id)
     assert leftovers(kahuna, world, project, prefix) == NOTHING
