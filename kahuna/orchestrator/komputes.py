@@ -9,7 +9,7 @@ inserted — so parallel creates never overcommit a host nor share image names; 
 kahuna.orchestrator.volumes); the adapters (kahuna.orchestrator.adapters): `<name>-private-adapter`
 on the project's private subnet of the region (its address is the instance's `local_ip`),
 `<name>-public-adapter` on the region's public subnet (an address only when `public`), one
-`<name>-peering-<i>-adapter` per peering subnet; the instance's A record `name.<project domain>`
+`<name>-peering-private-adapter` per peering subnet; the instance's A record `name.<project domain>`
 on the region's Kiwis (kahuna.orchestrator.dns); the cloud-init ISO `<name>-cloudinit`
 (`CreateIsoVolume`, base64); the domain (`CreateInstance` with kahuna.orchestrator.virtxml's XML,
 NICs included), then start. Any failure undoes in reverse, and a SIGKILL is undone at restart.
@@ -22,7 +22,7 @@ marked done when it is; a failure or a SIGKILL leaves the flow stored and recove
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from kahuna import cloudinit
@@ -291,8 +291,8 @@ class KomputeEffects:
                                            project_id=project_id, assign_ip=bool(kompute.get("public")))
             instance["adapter_ids"].append(adapter["_id"])
             instance["public_ip"] = (adapter.get("addresses") or [""])[0]
-        for i, subnet_id in enumerate(kompute.get("peering_subnet_ids") or ()):
-            adapter = await create_adapter(res, flow, subnet_id=subnet_id, name=f"{name}-peering-{i}-adapter",
+        for subnet_id in kompute.get("peering_subnet_ids") or ():
+            adapter = await create_adapter(res, flow, subnet_id=subnet_id, name=f"{name}-peering-private-adapter",
                                            project_id=project_id, assign_ip=True)
             instance["adapter_ids"].append(adapter["_id"])
 

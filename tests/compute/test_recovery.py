@@ -13,8 +13,6 @@ import sqlite3
 import threading
 import time
 
-import pytest
-
 from agent.sim.model import GiB
 from tests.infra.helpers import http, stored, wait_for
 
