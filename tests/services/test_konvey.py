@@ -75,6 +75,19 @@ def test_region_konvey_with_failover(kahuna, world, admin):
         status, body = http(kahuna, "PUT", f"/konvey/{lb.id}", {"name": "renamed"})
         assert status == 400 and body["reason"].startswith("name"), body
 
+        # the ISO rebuilt (an update of the appliance's Kompute): a fresh key in it, the old one refused
+        first = appliances[0]
+        before = iso_meta(world, first["name"])
+        status, body = http(kahuna, "PUT", f"/kompute/{first['kompute_id']}", {"description": "re-rendered"})
+        assert status == 200, body
+        after = iso_meta(world, first["name"])
+        assert after["kowabunga_controller_agent_id"] == first["agent_id"]
+        assert after["kowabunga_controller_agent_token"] != before["kowabunga_controller_agent_token"]
+        sims[0].wait_disconnected()
+        sims[0].stop()
+        sims[0] = boot(kahuna, world, first["name"])
+        assert sims[0].wait_reloads(1)["endpoints"][0]["name"] == "dns"
+
         assert konveys.delete_konvey(lb.id) is None
         for sim in sims:
             sim.wait_disconnected()  # its agent went with the appliance: the hub closed the session
