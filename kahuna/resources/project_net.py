@@ -31,6 +31,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Iterable
 
+import trio
+
 from kahuna.logs import get_logger
 from kahuna.orchestrator.flows import register_undo
 from kahuna.resources.errors import ConflictError, InsufficientResources, NotFoundError
@@ -261,6 +263,12 @@ async def _free_subnets(res, project_id: str, subnet_ids: Iterable[str]) -> None
             log.info("private subnet released", project=project_id, subnet=subnet_id)
 
 
+async def _free_shielded(res, project_id: str, subnet_ids: Iterable[str]) -> None:
+    """The undo of a reservation that failed or was cancelled half-way: runs to its end."""
+    with trio.CancelScope(shield=True):
+        await _free_subnets(res, project_id, list(subnet_ids))
+
+
 async def _reserve_regions(res, project: Doc, region_ids: Iterable[str], size: int
                            ) -> tuple[dict[str, str], dict[str, str]]:
     """Reserve every region's subnet, all or nothing (caller holds the subnet write lock)."""
@@ -273,9 +281,7 @@ async def _reserve_regions(res, project: Doc, region_ids: Iterable[str], size: i
                 subnets[region_id], zone_gws = got
                 gateways.update(zone_gws)
     except BaseException:
-        import trio
-        with trio.CancelScope(shield=True):
-            await _free_subnets(res, project["_id"], subnets.values())
+        await _free_shielded(res, project["_id"], subnets.values())
         raise
     return subnets, gateways
 
@@ -286,9 +292,7 @@ async def _create_step(res, project: Doc, subnet_size: int, **_: Any) -> None:
         try:
             await res.set_fields("project", project["_id"], {"private_subnets": subnets, "zone_gateways": gateways})
         except BaseException:
-            import trio
-            with trio.CancelScope(shield=True):
-                await _free_subnets(res, project["_id"], subnets.values())
+            await _free_shielded(res, project["_id"], subnets.values())
             raise
     project["private_subnets"], project["zone_gateways"] = subnets, gateways
 
@@ -297,8 +301,6 @@ async def _release_step(res, project: Doc) -> None:
     """The project goes (or its create failed): every subnet it owns is free again."""
     async with res.kind_lock("subnet"):
         owned = {s["_id"] for s in await res.list("subnet", project_id=project["_id"])}
-        owned |= set((project.get("private_subnets") or {}).values()) if isinstance(
-            project.get("private_subnets"), dict) else set()
         await _free_subnets(res, project["_id"], sorted(owned))
 
 
@@ -359,9 +361,7 @@ async def _update_step(res, old: Doc, new: Doc, subnet_size: int, **_: Any) -> N
         try:
             await res.set_fields("project", new["_id"], {"private_subnets": subnets, "zone_gateways": gateways})
         except BaseException:
-            import trio
-            with trio.CancelScope(shield=True):
-                await _free_subnets(res, new["_id"], got.values())
+            await _free_shielded(res, new["_id"], got.values())
             raise
         released = [old["private_subnets"][r] for r in removed if r in (old.get("private_subnets") or {})]
         await _free_subnets(res, new["_id"], released)
