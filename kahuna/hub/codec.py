@@ -68,6 +68,17 @@ def encode_request(call_id: int, method: str, params: Any) -> bytes:
     return b'{"id":%d%s%s}' % (call_id, _request_head(method), _encoder.encode(params).encode())
 
 
+def request_parts(method: str, params: Any) -> tuple[bytes, bytes]:
+    """The id-independent parts of a request, for many requests with one method and params (a
+    fan-out encodes its params once): `request_frame(id, *request_parts(m, p))` is
+    `encode_request(id, m, p)`."""
+    return _request_head(method), _encoder.encode(params).encode()
+
+
+def request_frame(call_id: int, head: bytes, body: bytes) -> bytes:
+    return b'{"id":%d%s%s}' % (call_id, head, body)
+
+
 def encode_reply(call_id: int, result: Any, error: str | None) -> bytes:
     """Serialize one reply (used by the agent SDK and by tests)."""
     return _encoder.encode({"id": call_id, "result": result, "error": error}).encode()

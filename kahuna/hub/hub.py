@@ -2,14 +2,20 @@
 
     serve()                          reports the bound (host, port) through task_status
     +-- accept loops                 one per listening socket; EMFILE & co. are survived
-    +-- heartbeat scheduler          one for all sessions: starts each session's ping when due
-    +-- connection tasks             one per TCP connection, each with its own nursery:
-        +-- trio-websocket reader    (wsproto bytes -> events; answers pings)
-        +-- handshake                verify headers -> reject(400/403/404) or accept()
-        +-- Session.run()            the session's task tree (see session.py)
+    +-- heartbeat scheduler          one for all sessions: sends each session's ping when due
+    +-- deadlines                    one timer for every call's and pong's deadline
+    +-- connection tasks             one per TCP connection:
+        +-- handshake                HTTP upgrade read and parsed (upgrade.py), headers
+        |                            verified -> refused (400/403/404/503) or accepted (101)
+        +-- nursery: Session.run()   the session's task tree (see session.py)
 
-Calls (`call`, `pick_agent`, `status`, `disconnect`) are made from the caller's own task; the hub
-keeps no task per call and no queue between callers and sessions.
+Calls (`call`, `call_many`, `pick_agent`, `status`, `disconnect`) are made from the caller's own
+task; the hub keeps no task per call and no queue between callers and sessions.
+
+The WebSocket layer is our own (wsframe.py, upgrade.py: RFC 6455 without extensions, the
+subset agents use) over the accepted socket in non-blocking mode, not trio-websocket: its event
+layers, its per-frame lock and awaited send cost more CPU per call than the rest of the hub
+(reference/hub-performance-probe.md). The wire is unchanged: same upgrade, same binary frames.
 """
 
 from __future__ import annotations
@@ -18,29 +24,31 @@ import errno
 import gc
 import os
 import random
+import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, wrap_server_stream
 
 from kahuna.logs import get_logger
 
+from .codec import request_parts
 from .credentials import AGENT_TYPES, CredentialSource
-from .errors import AgentNotConnected, NoEligibleAgent
-from .handshake import HandshakeSlots, HandshakeVerifier, Refusal
+from .deadlines import Deadlines
+from .errors import AgentDisconnected, AgentError, AgentNotConnected, CallTimeout, HubError, NoEligibleAgent
+from .handshake import HandshakeSlots, HandshakeVerifier, Identity, Refusal
+from .pending import CallGroup
 from .registry import Registry
-from .session import CLOSE_CREDENTIALS, CLOSE_GOING_AWAY, CLOSE_REPLACED, Session
+from .session import CLOSE_CREDENTIALS, CLOSE_GOING_AWAY, CLOSE_REPLACED, ConnectHook, Session
 from .settings import HubSettings
-from .stats import HubStats
+from .stats import DISCONNECTED, ERROR, OK, TIMEOUT, HubStats
+from .upgrade import MAX_HEAD, BadUpgrade, accept_response, head_end, parse_request, reject_response
 
 log = get_logger("kahuna.hub")
-
-ConnectHook = Callable[[str], Awaitable[Any]]
 
 # accept() errors that mean "the process or system is out of something", not "the listener broke"
 _CAPACITY_ERRNOS = {errno.EMFILE: "accept_too_many_files", errno.ENFILE: "accept_too_many_files",
@@ -64,46 +72,11 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
-class _SpentHandshake:
-    """Stands in for wsproto's finished HTTP handshake (its h11 parser, buffers and the request
-    headers, ~2 KiB) for the rest of a session: once the WebSocket connection exists, wsproto
-    only asks the handshake for pending events, and there are none."""
-
-    __slots__ = ()
-
-    def events(self) -> Iterable[Any]:
-        return ()
-
-
-_SPENT = _SpentHandshake()
-
-
 def _agent_id_header(headers: Iterable[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
-        if name.lower() == b"x-ws-kowabunga-id":
+        if name == b"x-ws-kowabunga-id":
             return value.decode("latin-1").strip()
     return ""
-
-
-def _release_handshake(ws: Any) -> None:
-    """Private attributes of trio-websocket 0.12 / wsproto 1.3 (both pinned): if their layout
-    changes this does nothing, and tests/hub/test_session.py notices."""
-    proto = getattr(ws, "_wsproto", None)
-    handshake = getattr(proto, "handshake", None)
-    if (getattr(proto, "connection", None) is not None
-            and type(handshake).__name__ == "H11Handshake"
-            and not getattr(handshake, "_events", True)):    # no event left to hand out
-        proto.handshake = _SPENT
-
-
-def _request_http_version(request: Any) -> bytes | None:
-    """The HTTP version of an upgrade request (b"1.1"), read from h11's parser inside wsproto's
-    handshake (private attributes of the pinned trio-websocket 0.12 / wsproto 1.3, like
-    `_release_handshake`; None when their layout changes, and tests/hub/test_http_version.py
-    notices). RFC 6455 §4.1 requires HTTP/1.1 or later for the upgrade."""
-    proto = getattr(getattr(request, "_connection", None), "_wsproto", None)
-    h11_connection = getattr(getattr(proto, "handshake", None), "_h11_connection", None)
-    return getattr(h11_connection, "their_http_version", None)
 
 
 class _OfflineRecord:
@@ -134,6 +107,8 @@ class Hub:
         self.verifier = HandshakeVerifier(credentials, path=self.settings.path,
                                           clock_skew=self.settings.clock_skew,
                                           nonce_cache_size=self.settings.nonce_cache_size)
+        self.deadlines = Deadlines()
+        self._port = _SessionPort(self)
         self._rng = rng or random.Random()
         self._hooks: dict[str, list[ConnectHook]] = {}
         self._live: set[Session] = set()          # every upgraded session, registered or not
@@ -169,6 +144,7 @@ class Hub:
             with trio.CancelScope() as self._serve_scope:
                 async with trio.open_nursery() as connections:
                     connections.start_soon(self._heartbeats)
+                    connections.start_soon(self.deadlines.run)
                     async with trio.open_nursery() as acceptors:
                         self._accept_scope = acceptors.cancel_scope
                         for listener in listeners:
@@ -225,6 +201,66 @@ class Hub:
             method = f"{session.agent_type}.{method}"
         return await session.call(method, {} if params is None else params,
                                    self.settings.call_timeout if timeout is None else timeout)
+
+    async def call_many(self, agent_ids: Iterable[str], method: str, params: Any = None,
+                        timeout: float | None = None) -> dict[str, Any]:
+        """Call `method` with the same `params` on many agents at once; answers, per agent id,
+        its result or the HubError it got (AgentNotConnected, AgentDisconnected, CallTimeout,
+        AgentError). One deadline for the whole round; cancelling the caller abandons it all.
+
+        One loop writes every request (params encoded once) and the caller waits once for the
+        last reply: no task and no deadline per agent (reference/hub-performance-probe.md).
+        """
+        stats = self.stats
+        timeout = self.settings.call_timeout if timeout is None else timeout
+        params = {} if params is None else params
+        started = time.perf_counter()
+        group = CallGroup()
+        members: list[tuple[str, Session, Any]] = []
+        out: dict[str, Any] = {}
+        parts: dict[str, tuple[str, bytes, bytes]] = {}    # by agent type
+        body = None
+        for agent_id in agent_ids:
+            session = self.registry.get(agent_id)
+            if session is None:
+                out[agent_id] = AgentNotConnected(agent_id)
+                continue
+            full = parts.get(session.agent_type)
+            if full is None:
+                name = method if "." in method else f"{session.agent_type}.{method}"
+                head, body = request_parts(name, params) if body is None else \
+                    (request_parts(name, None)[0], body)
+                full = parts[session.agent_type] = (name, head, body)
+            call = session.send_member(full[0], full[1], full[2], group)
+            if call is None:
+                out[agent_id] = AgentDisconnected(agent_id, session.end_reason)
+                stats.call_done(full[0], DISCONNECTED, 0.0)
+                continue
+            members.append((agent_id, session, call))
+        try:
+            with trio.move_on_after(timeout):
+                await group.wait()
+        finally:
+            elapsed = time.perf_counter() - started
+            for agent_id, session, call in members:
+                name = call.method
+                if not call.done:
+                    session.pending.discard(call.id)
+                    stats.call_timeouts += 1
+                    stats.call_done(name, TIMEOUT, elapsed)
+                    out[agent_id] = CallTimeout(agent_id, name, timeout)
+                elif call.exc is not None:
+                    stats.call_done(name, DISCONNECTED if isinstance(call.exc, AgentDisconnected)
+                                    else ERROR, elapsed)
+                    out[agent_id] = call.exc
+                elif call.error is not None:
+                    stats.call_errors += 1
+                    stats.call_done(name, ERROR, elapsed)
+                    out[agent_id] = AgentError(call.error, agent_id=agent_id, method=name)
+                else:
+                    stats.call_done(name, OK, elapsed)
+                    out[agent_id] = call.result
+        return out
 
     def pick_agent(self, agent_ids: Iterable[str], method: str) -> str:
         """Uniformly random among the connected `agent_ids` that advertise `method`."""
@@ -301,79 +337,19 @@ class Hub:
         out["nonces"] = len(self.verifier.nonces)
         return out
 
-    # ================================================================= session callbacks
-
-    def _hooks_for(self, agent_type: str) -> list[ConnectHook]:
-        return list(self._hooks.get(agent_type, ()))
-
-    def _intern_capabilities(self, caps: Any) -> tuple[str, frozenset[str]]:
-        """Validate a Capabilities reply; identical replies share one frozenset (memory per session)."""
-        if type(caps) is not dict:
-            raise ValueError("Capabilities reply is not an object")
-        version, methods = caps.get("Version"), caps.get("Methods")
-        if methods is None:
-            methods = []
-        if type(version) is not str or len(version) > 64:
-            raise ValueError("Capabilities Version is not a short string")
-        if (type(methods) is not list or len(methods) > self.settings.max_methods
-                or not all(type(m) is str and 0 < len(m) <= 128 for m in methods)):
-            raise ValueError("Capabilities Methods is not a list of method names")
-        key = (version, tuple(sorted(set(methods))))
-        cached = self._caps_cache.get(key)
-        if cached is None:
-            cached = (sys.intern(version), frozenset(sys.intern(m) for m in key[1]))
-            if len(self._caps_cache) < _CAPS_CACHE_MAX:
-                self._caps_cache[key] = cached
-        return cached
-
-    def _session_ready(self, session: Session) -> bool:
-        """Capabilities passed: make it the agent's session (closing any older one)."""
-        if session.ended or session.closing:     # e.g. disconnect() during its Capabilities
-            return False
-        if self._shutting_down:
-            session.close(CLOSE_GOING_AWAY, "server shutting down")
-            return False
-        if self.credentials.lookup(session.agent_id) != session.credential:
-            self.stats.reject("credential_changed")
-            session.close(CLOSE_CREDENTIALS, "credentials changed")
-            return False
-        old = self.registry.register(session)
-        session.registered = True
-        self.stats.registrations += 1
-        self.stats.accepted()
-        self.stats.sessions_by_type[session.agent_type] += 1
-        self._offline.pop(session.agent_id, None)
-        if old is not None:
-            self.stats.replaced += 1
-            old.close(CLOSE_REPLACED, "replaced by a new session")
-            log.info("agent session replaced", **session._fields(), old_remote=old.remote_address)
-        else:
-            log.info("agent registered", **session._fields(), version=session.version,
-                     methods=len(session.methods))
-        return True
-
-    def _schedule_ping(self, session: Session) -> None:
-        self._pings.append((trio.current_time() + self.settings.ping_interval, session))
+    # ================================================================= heartbeats
 
     async def _heartbeats(self) -> None:
-        """Start every session's ping when it is due (pings due within 5 ms go together)."""
+        """Send every session's ping when it is due (pings due within 5 ms go together)."""
         queue, interval = self._pings, self.settings.ping_interval
         while True:
             now = trio.current_time()
             while queue and queue[0][0] <= now:
-                queue.popleft()[1].start_ping()
+                queue.popleft()[1].send_ping()
             if queue:
                 await trio.sleep_until(max(queue[0][0], now + 0.005))
             else:
                 await trio.sleep(interval)
-
-    def _session_ended(self, session: Session) -> None:
-        self.registry.unregister(session)
-        if session.registered:
-            self.stats.sessions_by_type[session.agent_type] -= 1
-            if session.agent_id not in self.registry:      # not replaced: remember it
-                self._offline[session.agent_id] = _OfflineRecord(session)
-            log.info("agent disconnected", **session._fields(), reason=session._end_reason())
 
     # ================================================================= connections
 
@@ -400,7 +376,14 @@ class Hub:
                               retry_in=self.settings.accept_retry_delay)
                 await trio.sleep(self.settings.accept_retry_delay)
                 continue
-            nursery.start_soon(self._handle_connection, stream)
+            # from here on the connection is a plain non-blocking socket (see session.py)
+            trio_sock = stream.socket
+            try:
+                sock = socket.socket(trio_sock.family, trio_sock.type, fileno=trio_sock.detach())
+            except OSError:
+                continue
+            sock.setblocking(False)
+            nursery.start_soon(self._handle_connection, sock)
 
     async def _shed(self, listener: trio.SocketListener) -> int:
         """Out of descriptors: answer waiting connections with 503 instead of leaving them hanging.
@@ -434,91 +417,206 @@ class Hub:
                 self._reserve_fd = self._open_reserve()
         return shed
 
-    def _remote_address(self, stream: trio.SocketStream, headers: list[tuple[bytes, bytes]]) -> str:
-        try:
-            peer = stream.socket.getpeername()
-        except OSError:
-            return "unknown"
+    def _remote_address(self, peer: Any, headers: list[tuple[bytes, bytes]]) -> str:
         host, port = peer[0], peer[1]
         if host in self.settings.trusted_proxies:
             for name, value in headers:
-                if name.lower() == b"x-forwarded-for":
+                if name == b"x-forwarded-for":
                     forwarded = value.decode("latin-1").split(",")[-1].strip()
                     if forwarded:
                         return forwarded
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    async def _handshake(self, nursery: trio.Nursery, stream: trio.SocketStream) -> Session | None:
-        """Read the upgrade request and answer it: a Session when accepted, else None."""
+    async def _read_head(self, sock: socket.socket) -> bytes | None:
+        """The upgrade request's bytes, through the blank line and whatever followed it;
+        None when the peer left first. Raises BadUpgrade for an oversized head."""
+        buf = b""
+        wait = trio.lowlevel.wait_readable
+        while head_end(buf) < 0:
+            if len(buf) > MAX_HEAD:
+                raise BadUpgrade(431, "request_head_too_large", b"request head too large\n")
+            await wait(sock)
+            try:
+                data = sock.recv(16384)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return None
+            if not data:
+                return None
+            buf += data
+        return buf
+
+    def _answer(self, sock: socket.socket, reason: str, status: int, body: bytes,
+                extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.stats.reject(reason)
+        try:
+            sock.send(reject_response(status, body, extra))
+        except OSError:
+            pass
+
+    async def _handshake(self, sock: socket.socket, peer: Any) -> tuple[Identity, str, bytes] | None:
+        """Read the upgrade request and answer it: (identity, remote address, bytes that came
+        after the request) once 101 is sent, else None (refused: answered and counted)."""
         settings, stats = self.settings, self.stats
         with trio.move_on_after(settings.handshake_timeout):
             try:
-                request = await wrap_server_stream(
-                    nursery, stream, message_queue_size=settings.message_queue_size,
-                    max_message_size=settings.max_message_size,
-                    receive_buffer_size=settings.receive_buffer_size)
-                if _request_http_version(request) == b"1.0":
-                    stats.reject("http_1_0")
-                    await request.reject(400, body=b"a WebSocket upgrade needs HTTP/1.1 (RFC 6455)\n")
+                data = await self._read_head(sock)
+                if data is None:
+                    stats.reject("closed_during_handshake")
                     return None
-                if self.admission is not None and not self.admission():
-                    stats.reject("standby")
-                    await request.reject(503, body=b"standby: this Kahuna is not the active node\n")
-                    return None
-                prepare = getattr(self.credentials, "prepare", None)  # a miss may read the store
-                if prepare is not None:
-                    await prepare(_agent_id_header(request.headers))
-                verdict = self.verifier.verify(request.path, request.headers)
-                if isinstance(verdict, Refusal):
-                    stats.reject(verdict.reason)
-                    log.debug("agent handshake refused", status=verdict.status, reason=verdict.reason)
-                    await request.reject(verdict.status, body=verdict.body)
-                    return None
-                if self._shutting_down:
-                    stats.reject("shutting_down")
-                    await request.reject(503, body=b"shutting down\n")
-                    return None
-                remote = self._remote_address(stream, request.headers)
-                ws = await request.accept()
-                _release_handshake(ws)
-                return Session(self, ws, verdict, remote)
-            except ConnectionClosed:
+                end = head_end(data)
+                request = parse_request(data[:end])
+            except BadUpgrade as exc:
+                self._answer(sock, exc.reason, exc.status, exc.body, exc.extra)
+                return None
+            if self.admission is not None and not self.admission():
+                self._answer(sock, "standby", 503, b"standby: this Kahuna is not the active node\n")
+                return None
+            prepare = getattr(self.credentials, "prepare", None)  # a miss may read the store
+            if prepare is not None:
+                await prepare(_agent_id_header(request.headers))
+            verdict = self.verifier.verify(request.target, request.headers)
+            if isinstance(verdict, Refusal):
+                log.debug("agent handshake refused", status=verdict.status, reason=verdict.reason)
+                self._answer(sock, verdict.reason, verdict.status, verdict.body)
+                return None
+            if self._shutting_down:
+                self._answer(sock, "shutting_down", 503, b"shutting down\n")
+                return None
+            try:
+                sock.send(accept_response(request.key))
+            except OSError:
                 stats.reject("closed_during_handshake")
                 return None
+            return verdict, self._remote_address(peer, request.headers), data[end:]
         stats.reject("handshake_timeout")
         return None
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def _handle_connection(self, sock: socket.socket) -> None:
         stats = self.stats
         stats.connections += 1
         try:
             try:
-                peer = stream.socket.getpeername()[0]
+                peer = sock.getpeername()
             except OSError:
                 return
-            if not self._handshake_slots.acquire(peer):  # unfinished handshakes are bounded
+            if not self._handshake_slots.acquire(peer[0]):  # unfinished handshakes are bounded
                 stats.reject("too_many_handshakes")
-                with trio.move_on_after(1):
-                    await stream.send_all(_BUSY_RESPONSE)
-                return
-            async with trio.open_nursery() as nursery:
                 try:
-                    session = await self._handshake(nursery, stream)
-                finally:
-                    self._handshake_slots.release(peer)
-                if session is not None:
-                    self._live.add(session)
-                    stats.sessions += 1
+                    sock.send(_BUSY_RESPONSE)
+                except OSError:
+                    pass
+                return
+            try:
+                accepted = await self._handshake(sock, peer)
+            finally:
+                self._handshake_slots.release(peer[0])
+            if accepted is None:
+                return
+            identity, remote, early = accepted
+            session = Session(self._port, sock, identity, remote, early)
+            sock = None                      # the session closes it
+            self._live.add(session)
+            stats.sessions += 1
+            try:
+                async with trio.open_nursery() as nursery:
                     try:
                         await session.run(nursery)
                     finally:
                         self._live.discard(session)
-                        stats.sessions -= 1
-                nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()
+            finally:
+                stats.sessions -= 1
         except Exception:
             # A bug or an unexpected input must cost one connection, never the hub.
             stats.reject("internal_error")
             log.exception("agent connection failed")
         finally:
             stats.connections -= 1
-            await trio.aclose_forcefully(stream)
+            if sock is not None:
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+
+
+class _SessionPort:
+    """The hub as its sessions see it (session.SessionHost): settings, counters, the timer and
+    the callbacks of a session's life -- not the hub's own methods."""
+
+    __slots__ = ("_hub", "settings", "stats", "deadlines")
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self.settings = hub.settings
+        self.stats = hub.stats
+        self.deadlines = hub.deadlines
+
+    def hooks(self, agent_type: str) -> list[ConnectHook]:
+        return list(self._hub._hooks.get(agent_type, ()))
+
+    def capabilities(self, caps: Any) -> tuple[str, frozenset[str]]:
+        """Validate a Capabilities reply; identical replies share one frozenset (memory per session)."""
+        if type(caps) is not dict:
+            raise ValueError("Capabilities reply is not an object")
+        version, methods = caps.get("Version"), caps.get("Methods")
+        if methods is None:
+            methods = []
+        if type(version) is not str or len(version) > 64:
+            raise ValueError("Capabilities Version is not a short string")
+        if (type(methods) is not list or len(methods) > self.settings.max_methods
+                or not all(type(m) is str and 0 < len(m) <= 128 for m in methods)):
+            raise ValueError("Capabilities Methods is not a list of method names")
+        key = (version, tuple(sorted(set(methods))))
+        cache = self._hub._caps_cache
+        cached = cache.get(key)
+        if cached is None:
+            cached = (sys.intern(version), frozenset(sys.intern(m) for m in key[1]))
+            if len(cache) < _CAPS_CACHE_MAX:
+                cache[key] = cached
+        return cached
+
+    def ready(self, session: Session) -> bool:
+        """Capabilities passed: make it the agent's session (closing any older one)."""
+        hub, stats = self._hub, self.stats
+        if session.ended or session.closing:     # e.g. disconnect() during its Capabilities
+            return False
+        if hub._shutting_down:
+            session.close(CLOSE_GOING_AWAY, "server shutting down")
+            return False
+        if hub.credentials.lookup(session.agent_id) != session.credential:
+            stats.reject("credential_changed")
+            session.close(CLOSE_CREDENTIALS, "credentials changed")
+            return False
+        old = hub.registry.register(session)
+        session.registered = True
+        stats.registrations += 1
+        stats.accepted()
+        stats.sessions_by_type[session.agent_type] += 1
+        hub._offline.pop(session.agent_id, None)
+        if old is not None:
+            stats.replaced += 1
+            old.close(CLOSE_REPLACED, "replaced by a new session")
+            log.info("agent session replaced", agent_id=session.agent_id,
+                     agent_type=session.agent_type, remote=session.remote_address,
+                     old_remote=old.remote_address)
+        else:
+            log.info("agent registered", agent_id=session.agent_id, agent_type=session.agent_type,
+                     remote=session.remote_address, version=session.version,
+                     methods=len(session.methods))
+        return True
+
+    def schedule_ping(self, session: Session) -> None:
+        self._hub._pings.append((trio.current_time() + self.settings.ping_interval, session))
+
+    def leave(self, session: Session) -> None:
+        self._hub.registry.unregister(session)
+
+    def ended(self, session: Session) -> None:
+        hub = self._hub
+        hub.registry.unregister(session)
+        if session.registered:
+            self.stats.sessions_by_type[session.agent_type] -= 1
+            if session.agent_id not in hub.registry:      # not replaced: remember it
+                hub._offline[session.agent_id] = _OfflineRecord(session)
+            log.info("agent disconnected", agent_id=session.agent_id, agent_type=session.agent_type,
+                     remote=session.remote_address, reason=session.end_reason)

@@ -12,6 +12,12 @@ The wake-up is a single-slot park: `PendingCall.wait()` parks the calling task w
 exactly one waiter (the task that made it), so a `trio.Event` (an attrs object plus a ParkingLot
 with its OrderedDict, per call) bought nothing but allocations on the hottest path: measured with
 `python -m kahuna.hub` + loadgen, per-call CPU went down with it.
+
+Deadlines: `arm(call, timeout, deadlines)` puts the call on the hub's one timer
+(`deadlines.Deadlines`); at the deadline the timer `expire()`s it: the entry leaves the table
+(a later reply is stale) and the waiter wakes with `timed_out` set. No CancelScope per call; the
+caller's own cancellation still works (the park's abort). A call may instead belong to a
+`CallGroup` (a fan-out: one waiting task for many calls, woken once when the last one is done).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from typing import Any
 import trio
 
 from .codec import MAX_ID
+from .deadlines import Deadlines
+
+_settle = Deadlines.settle
 
 
 class Resolution(enum.Enum):
@@ -31,12 +40,48 @@ class Resolution(enum.Enum):
     UNKNOWN = "unknown"    # an id this session never issued
 
 
+class CallGroup:
+    """Many calls, one waiter: `wait()` returns once every member is done (or cancelled by the
+    waiter's own deadline). Members are the group's `calls`, in the order they were added."""
+
+    __slots__ = ("calls", "remaining", "task")
+
+    def __init__(self) -> None:
+        self.calls: list[PendingCall] = []
+        self.remaining = 0
+        self.task: trio.lowlevel.Task | None = None
+
+    def add(self, call: PendingCall) -> None:
+        call.group = self
+        self.calls.append(call)
+        self.remaining += 1
+
+    def _member_done(self) -> None:
+        self.remaining -= 1
+        if not self.remaining and self.task is not None:
+            task, self.task = self.task, None
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        if not self.remaining:
+            await trio.lowlevel.checkpoint()
+            return
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
 class PendingCall:
-    """One call waiting for its reply; exactly one of (result/error) or exc is meaningful once done."""
+    """One call waiting for its reply; exactly one of (result/error) or exc is meaningful once
+    done, unless `timed_out` (its deadline passed first)."""
 
-    __slots__ = ("id", "method", "task", "done", "result", "error", "exc")
+    __slots__ = ("id", "method", "task", "done", "result", "error", "exc", "timed_out", "lane",
+                 "table", "group")
 
-    def __init__(self, call_id: int, method: str) -> None:
+    def __init__(self, call_id: int, method: str, table: PendingCalls | None = None) -> None:
         self.id = call_id
         self.method = method
         self.task: trio.lowlevel.Task | None = None    # the parked waiter, if any
@@ -44,6 +89,19 @@ class PendingCall:
         self.result: Any = None
         self.error: str | None = None
         self.exc: BaseException | None = None
+        self.timed_out = False
+        self.lane: Any = None          # set while armed on the hub's timer (see deadlines.py)
+        self.table = table
+        self.group: CallGroup | None = None
+
+    def expire(self) -> None:
+        """The timer's callback at the deadline: leave the table, wake the waiter."""
+        if self.done:
+            return
+        if self.table is not None:
+            self.table._calls.pop(self.id, None)
+        self.timed_out = True
+        self._finish()
 
     async def wait(self) -> None:
         """Park until the call is done (returns at once if it is); cancellable like any wait.
@@ -63,6 +121,13 @@ class PendingCall:
 
     def _finish(self) -> None:
         self.done = True
+        lane = self.lane
+        if lane is not None:
+            _settle(self)
+        group = self.group
+        if group is not None:
+            group._member_done()
+            return
         task = self.task
         if task is not None:
             self.task = None
@@ -95,7 +160,7 @@ class PendingCalls:
         call_id = self._next_id
         self._next_id = 0 if call_id == MAX_ID else call_id + 1
         self._issued += 1
-        call = PendingCall(call_id, method)
+        call = PendingCall(call_id, method, self)
         self._calls[call_id] = call
         return call
 
@@ -125,7 +190,9 @@ class PendingCalls:
 
     def discard(self, call_id: int) -> None:
         """Forget a call whose caller stopped waiting; a later reply will count as stale."""
-        self._calls.pop(call_id, None)
+        call = self._calls.pop(call_id, None)
+        if call is not None and call.lane is not None:
+            _settle(call)
 
     def fail_all(self, make_exc: Callable[[], BaseException]) -> int:
         """Fail every waiting call with `make_exc()` and refuse new ones; returns how many failed."""

@@ -1,117 +1,105 @@
-"""One agent session: a small task tree that only moves bytes and waits.
+"""One agent session: one reader task, synchronous sends, and what the session does on demand.
 
     connection nursery           (one per TCP connection, opened by the hub)
-    +-- trio-websocket reader    wsproto bytes -> messages; answers pings; hands each message
-    |                            straight to Session._on_message (see _DirectDelivery), which
-    |                            never blocks, so pings are answered under load, and resolves
-    |                            calls by id
-    +-- Session.run()            the connection's own task: waits for the connection to end
+    +-- Session.run()            the connection's own task: the only reader of the socket
+    |                            (frames -> replies resolve their call by id; pings answered)
     +-- _start                   <Type>.Capabilities, then registration, then the connect hooks
     |   +-- hooks                each in its own task; failures are logged, never fatal
-    +-- _ping                    one WebSocket ping, started every ping_interval by the hub's
-    |                            heartbeat scheduler; no pong within pong_timeout ends the session
-    +-- _closer                  when we end the session: the close frame and its answer
-    calls                        run in the caller's task: send the frame, park until the reply
-                                 (or the caller's deadline) wakes it
+    +-- _flush                   only while the agent reads slower than we write (backpressure)
+    calls                        run in the caller's task: the frame is written at once (no
+                                 lock, no await), then the caller parks until its reply, its
+                                 deadline (the hub's one timer, deadlines.py) or its own
+                                 cancellation wakes it
 
-An idle session owns no task of its own besides the two readers: its heartbeat is an entry in
-the hub's ping queue, so thousands of idle agents cost little memory.
+Writes never block: a frame the socket does not take whole leaves its remainder in the session's
+send buffer, drained by `_flush`; past `send_buffer_limit` buffered bytes the agent is not
+keeping up and the session ends (abort, every pending call fails) -- never unbounded memory.
+Heartbeats are not tasks either: the hub's scheduler sends each session's ping when due and arms
+its pong deadline on the timer (the session is that timer entry: `lane`, `expire`).
 
-Whatever ends the session (peer close, oversized frame, heartbeat loss, replacement, disconnect,
-shutdown), the `finally` of `run` fails every pending call at once, leaves the registry (only if
-still the agent's current session) and sees the close frame sent.
+Whatever ends the session (peer close, protocol error or oversized message, heartbeat loss,
+replacement, disconnect, shutdown), the `finally` of `run` fails every pending call at once,
+leaves the registry (only if still the agent's current session), sends the close frame unless
+aborting, and closes the socket.
+
+The session talks to the hub only through `SessionHost` (settings, counters, the timer, and
+five callbacks), never through the hub's own methods.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from kahuna.logs import get_logger
 
-from .codec import FrameError, decode_reply, encode_request
+from .codec import FrameError, decode_reply, encode_request, request_frame
+from .deadlines import Deadlines
 from .errors import AgentDisconnected, AgentError, AgentUnavailable, CallTimeout, HubError, MalformedReply
 from .handshake import Identity
-from .pending import PendingCalls, Resolution
-from .stats import DISCONNECTED, ERROR, OK, TIMEOUT
-
-if TYPE_CHECKING:
-    from .hub import Hub
+from .pending import CallGroup, PendingCall, PendingCalls, Resolution
+from .settings import HubSettings
+from .stats import DISCONNECTED, ERROR, OK, TIMEOUT, HubStats
+from .wsframe import (CLOSE_NO_STATUS, CLOSE_NORMAL, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT,
+                      FrameParser, ProtocolError, binary_frame, close_frame, frame, parse_close)
 
 log = get_logger("kahuna.hub")
 
 # Close codes we send (4000-4999 are private-use; upstream has none of its own).
 CLOSE_GOING_AWAY = 1001        # server shutdown
 CLOSE_POLICY = 1008            # Capabilities failed
-CLOSE_INTERNAL = 1011          # heartbeat lost, send timed out
+CLOSE_INTERNAL = 1011          # heartbeat lost, send buffer full
 CLOSE_REPLACED = 4000          # a newer session of the same agent took over; also disconnect()
 CLOSE_CREDENTIALS = 4001       # the credential changed while the session was starting
+CLOSE_ABNORMAL = 1006          # reported (never sent): the connection ended without a close frame
 
 _WARN_TEXT, _WARN_MALFORMED, _WARN_UNKNOWN = 1, 2, 4
+_ping_payload = struct.Struct("!I").pack
+
+ConnectHook = Callable[[str], Awaitable[Any]]
 
 
-class _DirectDelivery:
-    """Stands in for trio-websocket's message queue (its `_send_channel`): the library's reader
-    task hands each complete message straight to `Session._on_message`, which never blocks.
+class SessionHost(Protocol):
+    """What a session needs from the hub: no more."""
 
-    Through the queue every reply cost two extra task switches (the library's reader yields
-    after each `send`, and our reader task wakes up to take the message): that was about a
-    fifth of the hub's CPU per call. The library's own semantics are kept: messages that arrive
-    once the connection is closing (`_close_reason` set: our close, the peer's, an oversized
-    frame) are discarded, as the library discards its queue then. The original channel stays
-    open until the library's reader ends, so `get_message()` still reports the end.
-    """
+    settings: HubSettings
+    stats: HubStats
+    deadlines: Deadlines
 
-    __slots__ = ("_ws", "_deliver", "_original")
-
-    def __init__(self, ws: WebSocketConnection, deliver: Callable[[bytes | str], None]) -> None:
-        self._ws = ws
-        self._deliver = deliver
-        self._original = ws._send_channel
-
-    async def send(self, message: bytes | str) -> None:
-        if self._ws._close_reason is None:
-            self._deliver(message)
-
-    # The library closes "its queue" when the connection closes (`_close_web_socket`) and holds it
-    # as a context manager in its reader: both reach the original channel, so `get_message()`
-    # still wakes with ConnectionClosed.
-    async def aclose(self) -> None:
-        await self._original.aclose()
-
-    async def __aenter__(self) -> "_DirectDelivery":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self._original.aclose()
+    def capabilities(self, caps: Any) -> tuple[str, frozenset[str]]:
+        """Validate (and intern) a Capabilities reply; ValueError when it is not one."""
+    def ready(self, session: Session) -> bool:
+        """Capabilities passed: register the session; False when it must not be."""
+    def hooks(self, agent_type: str) -> list[ConnectHook]:
+        """The connect hooks to run for a newly registered session of this type."""
+    def schedule_ping(self, session: Session) -> None:
+        """Ping the session one ping_interval from now (see `send_ping`)."""
+    def leave(self, session: Session) -> None:
+        """The session is closing: route no new call to it."""
+    def ended(self, session: Session) -> None:
+        """The session is over (pending calls failed)."""
 
 
-def _install_direct_delivery(ws: WebSocketConnection,
-                             deliver: Callable[[bytes | str], None]) -> bool:
-    """Private attributes of trio-websocket 0.12 (pinned): if its layout changes this does
-    nothing (messages then go through the queue and `Session._read_loop`), and
-    tests/hub/test_session.py notices."""
-    if (type(getattr(ws, "_send_channel", None)) is not trio.MemorySendChannel
-            or not hasattr(ws, "_close_reason") or not hasattr(ws, "_recv_channel")):
-        return False
-    ws._send_channel = _DirectDelivery(ws, deliver)  # type: ignore[assignment]
-    return True
+class _Closed(Exception):
+    """The socket is gone (reset, or closed by us)."""
 
 
 class Session:
-    __slots__ = ("hub", "ws", "agent_id", "agent_type", "credential", "remote_address", "pending",
+    __slots__ = ("host", "sock", "agent_id", "agent_type", "credential", "remote_address", "pending",
                  "version", "methods", "connected_since", "last_seen", "registered",
-                 "_nursery", "_close_code", "_close_reason", "_abort", "_closing", "_done",
-                 "_finished", "_ended", "_warned")
+                 "peer_close_code", "lane", "_parser", "_early", "_out", "_flushing", "_nursery",
+                 "_scope", "_close_code", "_close_reason", "_abort", "_close_sent", "_discard",
+                 "_ping_seq", "_done", "_finished", "_ended", "_warned")
 
-    def __init__(self, hub: Hub, ws: WebSocketConnection, identity: Identity,
-                 remote_address: str) -> None:
-        self.hub = hub
-        self.ws = ws
+    def __init__(self, host: SessionHost, sock: socket.socket, identity: Identity,
+                 remote_address: str, early: bytes = b"") -> None:
+        self.host = host
+        self.sock = sock                    # non-blocking; this session owns and closes it
         self.agent_id = identity.agent_id
         self.agent_type = identity.agent_type
         self.credential = identity.credential
@@ -121,16 +109,24 @@ class Session:
         self.methods: frozenset[str] = frozenset()
         self.connected_since = self.last_seen = time.time()
         self.registered = False
+        self.peer_close_code: int | None = None   # the agent's close code, once it sent one
+        self.lane: Any = None               # armed on the hub's timer while a pong is awaited
+        self._parser = FrameParser(host.settings.max_message_size)
+        self._early = early                 # bytes that came with the upgrade request
+        self._out: bytearray | None = None  # what the socket did not take yet
+        self._flushing: trio.Event | None = None   # set when _flush has emptied _out (or gave up)
         self._nursery: trio.Nursery | None = None
+        self._scope: trio.CancelScope | None = None
         self._close_code: int | None = None
         self._close_reason: str | None = None
         self._abort = False
-        self._closing: trio.Event | None = None   # set once our close exchange is over
+        self._close_sent = False
+        self._discard = False               # after a protocol error: read nothing more
+        self._ping_seq = 0
         self._done = False          # no more calls: pending ones failed, registry left
         self._finished = False      # and the close frame is sent: the connection can go
         self._ended: trio.Event | None = None
         self._warned = 0
-        _install_direct_delivery(ws, self._on_message)
 
     def __repr__(self) -> str:
         return f"<Session {self.agent_type} {self.agent_id} from {self.remote_address}>"
@@ -153,36 +149,92 @@ class Session:
         """Its end was requested (it may still be exchanging close frames)."""
         return self._close_code is not None
 
+    @property
+    def send_buffered(self) -> int:
+        """Bytes written by the hub that the agent has not taken yet."""
+        return len(self._out) if self._out else 0
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, data: bytes) -> None:
+        """Send now what the socket takes; buffer the rest (bounded). Raises _Closed."""
+        out = self._out
+        if out is not None:
+            out += data
+        else:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                raise _Closed() from None
+            if sent == len(data):
+                return
+            self._out = out = bytearray(memoryview(data)[sent:])
+            self.host.stats.backpressure_events += 1
+            if self._nursery is not None and self._flushing is None:
+                self._flushing = trio.Event()
+                self._nursery.start_soon(self._flush)
+        if len(out) > self.host.settings.send_buffer_limit:
+            log.warning("agent not reading: send buffer full", **self._fields(), buffered=len(out))
+            self.close(CLOSE_INTERNAL, "send buffer full", abort=True)
+            raise _Closed()
+
+    async def _flush(self) -> None:
+        """Drain the send buffer as the agent reads; ends when it is empty or the socket broke."""
+        sock, wait = self.sock, trio.lowlevel.wait_writable
+        try:
+            while self._out:
+                await wait(sock)
+                try:
+                    sent = sock.send(self._out)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self._out = None
+                    self.close(CLOSE_INTERNAL, "connection broken", abort=True)
+                    return
+                del self._out[:sent]
+            self._out = None
+        finally:
+            flushing, self._flushing = self._flushing, None
+            if flushing is not None:
+                flushing.set()
+
     # ------------------------------------------------------------------ control
 
     def close(self, code: int, reason: str, *, abort: bool = False) -> None:
         """Ask the session to end (idempotent: the first code and reason win).
 
-        Normally the close frame is sent and its answer awaited (close_timeout); `abort` skips
-        that (a peer that stopped answering, or a frame cut in half) and just drops the stream.
+        Normally the close frame is sent at once and the agent's answer awaited (close_timeout);
+        `abort` skips that (a peer that stopped answering or reading) and just drops the socket.
         """
         if self._close_code is None:
             self._close_code, self._close_reason, self._abort = code, reason, abort
-            self.hub.registry.unregister(self)      # no new call is routed to a closing session
+            self.host.leave(self)           # no new call is routed to a closing session
         elif not abort or self._abort:
             return
-        if self._nursery is None:
-            return                     # run() acts on the request when it starts
-        if self._done:
-            return                     # already ending on its own
+        if self._scope is None or self._done:
+            return                          # run() acts on it when it starts / already ending
         if abort:
             self._abort = True
-            self._nursery.cancel_scope.cancel()
-        elif self._closing is None:
-            self._closing = trio.Event()
-            try:
-                self._nursery.start_soon(self._closer)
-            except RuntimeError:       # the connection's nursery is already closing
-                self._closing.set()
+            self._scope.cancel()
+        elif not self._close_sent:
+            self._send_close(code, reason)
+            self._scope.deadline = min(self._scope.deadline,
+                                       trio.current_time() + self.host.settings.close_timeout)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        self._close_sent = True
+        try:
+            self._write(close_frame(code, reason))
+        except _Closed:
+            pass
 
     async def wait_ended(self) -> None:
         """Wait until the session is over, close frame exchanged (bounded by close_timeout)."""
         if self._finished:
+            await trio.lowlevel.checkpoint()
             return
         if self._ended is None:
             self._ended = trio.Event()
@@ -192,128 +244,196 @@ class Session:
 
     async def call(self, method: str, params: Any, timeout: float) -> Any:
         """Send one request and wait for its reply; raises the errors of `kahuna.hub.errors`."""
-        stats = self.hub.stats
+        host = self.host
+        stats = host.stats
         started = time.perf_counter()
+        outcome = TIMEOUT           # also a caller cancelled while it waited (its own deadline)
         try:
+            if self._close_code is not None:
+                raise AgentDisconnected(self.agent_id, self._end_reason())
             call = self.pending.open(method)
         except AgentDisconnected:
             stats.call_done(method, DISCONNECTED, 0.0)
             raise
-        sent = False
-        outcome = TIMEOUT           # also a caller cancelled while it waited (its own deadline)
         try:
-            frame = encode_request(call.id, method, params)
+            data = binary_frame(encode_request(call.id, method, params))
             stats.calls += 1
-            # One scope with the call's deadline for both halves. Shielded while sending: a
-            # caller cancelled half-way through a frame would leave the stream corrupt for
-            # every other call. Then unshielded while waiting for the reply.
-            with trio.CancelScope(shield=True,
-                                  deadline=trio.current_time() + timeout) as scope:
-                try:
-                    await self.ws.send_message(frame)
-                    stats.frames_out += 1
-                except ConnectionClosed:
-                    outcome = DISCONNECTED
-                    raise AgentDisconnected(self.agent_id, self._end_reason()) from None
-                del frame
-                sent = True
-                scope.shield = False
-                await call.wait()
-            if not call.done:
-                outcome = TIMEOUT
-                stats.call_timeouts += 1
-                if not sent:
-                    self.close(CLOSE_INTERNAL, "send timed out", abort=True)
-                raise CallTimeout(self.agent_id, method, timeout)
-            outcome = ERROR if call.exc is not None or call.error is not None else OK
-            if isinstance(call.exc, AgentDisconnected):
+            try:
+                self._write(data)
+            except _Closed:
                 outcome = DISCONNECTED
+                raise AgentDisconnected(self.agent_id, self._end_reason()) from None
+            del data
+            stats.frames_out += 1
+            host.deadlines.add(call, timeout)
+            await call.wait()
+            if call.timed_out:
+                stats.call_timeouts += 1
+                raise CallTimeout(self.agent_id, method, timeout)
+            exc = call.exc
+            if exc is not None:
+                outcome = DISCONNECTED if isinstance(exc, AgentDisconnected) else ERROR
+                raise exc
+            if call.error is not None:
+                outcome = ERROR
+                stats.call_errors += 1
+                raise AgentError(call.error, agent_id=self.agent_id, method=method)
+            outcome = OK
+            result, call.result = call.result, None   # the timer's lane may hold the call a while
+            return result
         finally:
-            self.pending.discard(call.id)
+            if not call.done:
+                self.pending.discard(call.id)     # cancelled: a later reply is stale
+            call.table = None
             stats.call_done(method, outcome, time.perf_counter() - started)
-        if call.exc is not None:
-            raise call.exc
-        if call.error is not None:
-            stats.call_errors += 1
-            raise AgentError(call.error, agent_id=self.agent_id, method=method)
-        return call.result
+
+    def send_member(self, method: str, head: bytes, body: bytes, group: CallGroup) -> PendingCall | None:
+        """A fan-out's request to this session (see `Hub.call_many`): the call joins `group`;
+        None when the session cannot take it (closing, socket gone)."""
+        if self._close_code is not None or self.pending.closed:
+            return None
+        call = self.pending.open(method)
+        try:
+            self._write(binary_frame(request_frame(call.id, head, body)))
+        except _Closed:
+            self.pending.discard(call.id)
+            return None
+        self.host.stats.calls += 1
+        self.host.stats.frames_out += 1
+        group.add(call)
+        return call
 
     # ------------------------------------------------------------------ task tree
 
     async def run(self, nursery: trio.Nursery) -> None:
         """The session's whole life in the connection's nursery; returns when it is over."""
         self._nursery = nursery
+        self._scope = scope = trio.CancelScope()
         try:
-            if self._close_code is not None:          # closed before it started
-                code, reason, abort = self._close_code, self._close_reason, self._abort
-                self._close_code = None
-                self.close(code, reason or "", abort=abort)
-            self.hub._schedule_ping(self)
-            nursery.start_soon(self._start)
-            await self._read_loop()
+            with scope:
+                if self._close_code is not None:          # closed before it started
+                    code, reason, abort = self._close_code, self._close_reason, self._abort
+                    self._close_code = None
+                    self.close(code, reason or "", abort=abort)
+                self.host.schedule_ping(self)
+                nursery.start_soon(self._start)
+                await self._read_loop()
         finally:
             self._done = True
             reason = self._end_reason()
             self.pending.fail_all(lambda: AgentDisconnected(self.agent_id, reason))
-            self.hub._session_ended(self)
+            Deadlines.settle(self)
+            self.host.ended(self)
             try:
-                if self._closing is not None:
-                    await self._closing.wait()         # bounded by close_timeout in _closer
-                elif not self._abort and self.ws.closed is None:
-                    await self._send_close_now()
+                if not self._abort:
+                    if not self._close_sent:
+                        code = self.peer_close_code
+                        self._send_close(CLOSE_GOING_AWAY if code is None else
+                                         CLOSE_NORMAL if code == CLOSE_NO_STATUS else code,
+                                         "server shutting down" if code is None else "")
+                    if self._flushing is not None:
+                        with trio.CancelScope(shield=True) as flushing:
+                            flushing.deadline = trio.current_time() + min(
+                                1.0, self.host.settings.close_timeout)
+                            await self._flushing.wait()
             finally:
+                self._out = None
+                sock, self.sock = self.sock, None
+                if sock is not None:
+                    trio.lowlevel.notify_closing(sock)
+                    sock.close()
                 self._finished = True
                 if self._ended is not None:
                     self._ended.set()
 
+    @property
+    def end_reason(self) -> str:
+        return self._end_reason()
+
     def _end_reason(self) -> str:
         if self._close_reason is not None:
             return self._close_reason
-        closed = self.ws.closed
-        if closed is not None:
-            return f"connection closed ({closed.code})"
+        if self.peer_close_code is not None:
+            return f"connection closed ({self.peer_close_code})"
         return "session ended"
 
-    async def _closer(self) -> None:
-        """Our side ends the session: close frame, wait (bounded) for the peer's answer."""
-        assert self._closing is not None
-        try:
-            with trio.move_on_after(self.hub.settings.close_timeout):
-                await self.ws.aclose(self._close_code or CLOSE_GOING_AWAY, self._close_reason)
-        except Exception as exc:   # the stream is torn down by the hub either way
-            log.debug("agent close failed", **self._fields(), error=repr(exc))
-        finally:
-            self._closing.set()
-
-    async def _send_close_now(self) -> None:
-        """Cancelled from outside (the hub's nursery is going away): the library's reader is
-        cancelled too, so send the close frame without waiting for the answer."""
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + 0.05):
-            try:
-                await self.ws.aclose(CLOSE_GOING_AWAY, "server shutting down")
-            except Exception:
-                pass
-
     async def _read_loop(self) -> None:
-        """Waits for the connection's end; with direct delivery installed (see
-        `_DirectDelivery`) the only messages seen here are those queued before it was."""
-        ws = self.ws
+        sock, parser = self.sock, self._parser
+        recv, wait, size = sock.recv, trio.lowlevel.wait_readable, self.host.settings.receive_buffer_size
+        data, self._early = self._early, b""
         while True:
+            if data:
+                if not self._discard:
+                    try:
+                        events = parser.feed(data)
+                    except ProtocolError as exc:
+                        self._protocol_error(exc)
+                        events = ()
+                    del data
+                    for opcode, payload in events:
+                        if opcode == OP_BINARY:
+                            if not self._close_sent:
+                                self._on_message(payload)
+                        elif opcode == OP_PING:
+                            self._control(frame(OP_PONG, payload))
+                        elif opcode == OP_PONG:
+                            self._on_pong(payload)
+                        elif opcode == OP_CLOSE:
+                            if self._on_close(payload):
+                                return
+                        elif opcode == OP_TEXT:
+                            self._on_text()
+                    del events
+            await wait(sock)
             try:
-                message = await ws.get_message()
-            except ConnectionClosed:
+                data = recv(size)
+            except BlockingIOError:
+                data = b""
+                continue
+            except OSError:
+                self.peer_close_code = self.peer_close_code or CLOSE_ABNORMAL
                 return
-            self._on_message(message)
-            del message      # an idle session must not keep its last frame alive
+            if not data:
+                self.peer_close_code = self.peer_close_code or CLOSE_ABNORMAL
+                return
 
-    def _on_message(self, message: bytes | str) -> None:
+    def _control(self, data: bytes) -> None:
+        try:
+            self._write(data)
+        except _Closed:
+            pass
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        """The agent broke the protocol (oversized message included): close with its code and
+        read nothing more; wait (bounded) for the agent to go."""
+        self._discard = True
+        log.info("agent protocol error", **self._fields(), code=exc.code, reason=exc.reason)
+        self.close(exc.code, exc.reason)
+
+    def _on_close(self, payload: bytes) -> bool:
+        """The agent's close frame: answer it (if we did not start the close); True = over."""
+        try:
+            code, reason = parse_close(payload)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return False
+        self.peer_close_code = code
+        if not self._close_sent:
+            self._close_code = self._close_code or code
+            self._close_reason = self._close_reason or f"connection closed ({code})"
+            self.host.leave(self)
+            self._send_close(CLOSE_NORMAL if code == CLOSE_NO_STATUS else code, "")
+        return True
+
+    def _on_text(self) -> None:
+        self.host.stats.frames_in += 1
+        self.host.stats.text_frames += 1
+        self._warn_once(_WARN_TEXT, "agent text frame ignored")
+
+    def _on_message(self, message: bytes) -> None:
         self.last_seen = time.time()
-        stats = self.hub.stats
+        stats = self.host.stats
         stats.frames_in += 1
-        if type(message) is str:
-            stats.text_frames += 1
-            self._warn_once(_WARN_TEXT, "agent text frame ignored")
-            return
         try:
             reply = decode_reply(message)
         except FrameError as exc:
@@ -343,60 +463,68 @@ class Session:
             self._warned |= bit
             log.warning(event, **self._fields(), **fields)
 
-    def start_ping(self) -> bool:
-        """Called by the hub's heartbeat scheduler; False once the session is ending."""
-        if self._done or self._close_code is not None or self._nursery is None:
+    # ------------------------------------------------------------------ heartbeat
+
+    def send_ping(self) -> bool:
+        """Called by the hub's heartbeat scheduler: ping now, arm the pong deadline on the
+        hub's timer. False once the session is ending."""
+        if self._done or self._close_code is not None or self._scope is None:
             return False
+        self._ping_seq = seq = (self._ping_seq + 1) & 0xFFFFFFFF
         try:
-            self._nursery.start_soon(self._ping)
-        except RuntimeError:            # the nursery is closing
+            self._write(frame(OP_PING, _ping_payload(seq)))
+        except _Closed:
             return False
+        self.host.deadlines.add(self, self.host.settings.pong_timeout)
         return True
 
-    async def _ping(self) -> None:
-        settings = self.hub.settings
-        with trio.move_on_after(settings.pong_timeout) as waiting:
-            try:
-                await self.ws.ping()
-            except ConnectionClosed:
-                return
-        if waiting.cancelled_caught:
-            self.hub.stats.heartbeat_timeouts += 1
-            log.info("agent heartbeat lost", **self._fields(), pong_timeout=settings.pong_timeout)
-            self.close(CLOSE_INTERNAL, "heartbeat timeout", abort=True)
-            return
+    def _on_pong(self, payload: bytes) -> None:
+        if self.lane is None or payload != _ping_payload(self._ping_seq):
+            return                          # unsolicited, or an answer to an older ping
+        Deadlines.settle(self)
         self.last_seen = time.time()
-        self.hub._schedule_ping(self)
+        self.host.schedule_ping(self)
+
+    def expire(self) -> None:
+        """The pong deadline passed (the hub's timer calls this)."""
+        if self._done:
+            return
+        self.host.stats.heartbeat_timeouts += 1
+        log.info("agent heartbeat lost", **self._fields(),
+                 pong_timeout=self.host.settings.pong_timeout)
+        self.close(CLOSE_INTERNAL, "heartbeat timeout", abort=True)
+
+    # ------------------------------------------------------------------ start
 
     async def _start(self) -> None:
-        hub = self.hub
+        host = self.host
         try:
             caps = await self.call(f"{self.agent_type}.Capabilities", {},
-                                   hub.settings.capabilities_timeout)
-            self.version, self.methods = hub._intern_capabilities(caps)
+                                   host.settings.capabilities_timeout)
+            self.version, self.methods = host.capabilities(caps)
         except AgentDisconnected:
             return
         except (HubError, ValueError) as exc:
-            hub.stats.reject("capabilities_failed")
+            host.stats.reject("capabilities_failed")
             log.warning("agent capabilities failed", **self._fields(), error=str(exc))
             self.close(CLOSE_POLICY, "capabilities failed")
             return
         del caps
-        if not hub._session_ready(self):
+        if not host.ready(self):
             return
         assert self._nursery is not None
-        for hook in hub._hooks_for(self.agent_type):
+        for hook in host.hooks(self.agent_type):
             self._nursery.start_soon(self._run_hook, hook)
 
-    async def _run_hook(self, hook: Callable[[str], Awaitable[Any]]) -> None:
+    async def _run_hook(self, hook: ConnectHook) -> None:
         try:
             await hook(self.agent_id)
         except AgentUnavailable as exc:
             # the agent went away while its hook ran: an ordinary event, not an error
-            self.hub.stats.hook_failures += 1
+            self.host.stats.hook_failures += 1
             log.warning("agent left during its connect hook", **self._fields(),
                         hook=getattr(hook, "__qualname__", repr(hook)), error=str(exc))
         except Exception:
-            self.hub.stats.hook_failures += 1
+            self.host.stats.hook_failures += 1
             log.exception("agent connect hook failed", **self._fields(),
                           hook=getattr(hook, "__qualname__", repr(hook)))

@@ -29,8 +29,10 @@ class HubSettings:
     Sizes:
       max_message_size      largest accepted frame (bigger closes the session with 1009); 16 MiB
                             because cloud-init ISOs travel inline.
-      message_queue_size    trio-websocket's per-session queue between its reader and ours; ours
-                            always drains, so a small queue costs nothing and bounds memory.
+      send_buffer_limit     most bytes buffered for an agent that reads slower than we write
+                            (sends never block: what the socket does not take waits here);
+                            beyond it the session ends (1011). Default: room for two messages
+                            of the largest size, so a healthy agent receiving ISOs never hits it.
       receive_buffer_size   bytes per recv(); only allocated while data is being read.
       nonce_cache_size      most HMAC nonces remembered at once (refuse with 503 beyond it).
       max_methods           most entries accepted in a Capabilities `Methods` list.
@@ -68,7 +70,7 @@ class HubSettings:
     clock_skew: float = 300.0
     accept_retry_delay: float = 0.1
     max_message_size: int = 16 * MiB
-    message_queue_size: int = 4
+    send_buffer_limit: int = 33 * MiB
     receive_buffer_size: int = 16 * 1024
     nonce_cache_size: int = 200_000
     max_methods: int = 1024
@@ -84,7 +86,7 @@ class HubSettings:
                 raise ValueError(f"HubSettings.{name} must be > 0")
         if self.accept_retry_delay < 0:
             raise ValueError("HubSettings.accept_retry_delay must be >= 0")
-        for name in ("max_message_size", "message_queue_size", "receive_buffer_size",
+        for name in ("max_message_size", "send_buffer_limit", "receive_buffer_size",
                      "nonce_cache_size", "max_methods"):
             if getattr(self, name) < 1:
                 raise ValueError(f"HubSettings.{name} must be >= 1")

@@ -97,7 +97,7 @@ async def test_sdk_stop_closes_with_1000_and_run_returns(hub):
     agent.stop()
     with trio.fail_after(3):
         await done.wait()
-    assert session.ws.closed.code == 1000
+    assert session.peer_close_code == 1000
     await wait_until(lambda: not hub.hub.is_connected(KAKTUS))
 
 
@@ -164,7 +164,7 @@ async def test_sim_cli_stops_cleanly_on_sigterm(hub, tmp_path):
         rc = await trio.to_thread.run_sync(proc.wait, 10)
         assert rc == 0, proc.stdout.read().decode()
         await wait_until(lambda: not hub.hub.is_connected(KIWI))
-        assert session.ws.closed.code == 1000
+        assert session.peer_close_code == 1000
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -191,7 +191,7 @@ async def test_sim_fleet_runs_many_agents_in_one_process(hub, credentials, tmp_p
         proc.send_signal(signal.SIGTERM)
         assert await trio.to_thread.run_sync(proc.wait, 10) == 0
         await wait_until(lambda: not hub.hub.connected_ids())
-        assert {s.ws.closed.code for s in sessions} == {1000}
+        assert {s.peer_close_code for s in sessions} == {1000}
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -313,7 +313,7 @@ async def test_connect_hooks_run_in_the_session_and_failures_are_contained(hub):
     assert hub.hub.is_connected(KAKTUS)
     assert await hub.hub.call(KAKTUS, "Echo", 2, timeout=2) == 2
     remove()
-    assert broken not in hub.hub._hooks_for("Kaktus")
+    assert broken not in hub.hub._port.hooks("Kaktus")
 
 
 # ----------------------------------------------------------------------------- selection, shutdown
@@ -364,16 +364,6 @@ async def test_shutdown_closes_sessions_with_1001_and_fails_pending_calls(nurser
     assert len(failures) == 1 and hub.connected_ids() == []
 
 
-async def test_finished_http_handshake_is_released(hub):
-    """~2 KiB per idle session: wsproto's spent handshake (h11 parser, request headers) goes."""
-    from kahuna.hub.hub import _SpentHandshake
-    agent = await hub.registered()
-    session = hub.hub.registry.get(KAKTUS)
-    assert isinstance(session.ws._wsproto.handshake, _SpentHandshake)
-    hub.nursery.start_soon(agent.echo_forever)
-    assert await hub.hub.call(KAKTUS, "Echo", [1, 2], timeout=2) == [1, 2]
-
-
 async def test_disconnect_during_capabilities_prevents_registration(hub):
     registered = await hub.registered()          # a live session that must survive
     hub.nursery.start_soon(tagged_echo, registered, "first")
@@ -397,43 +387,8 @@ async def test_a_closing_session_is_never_registered(hub):
     session = next(iter(hub.hub._live))
     session.version, session.methods = "1.0", frozenset({"Echo"})
     session.close(4000, "disconnected by server")
-    assert hub.hub._session_ready(session) is False
+    assert hub.hub._port.ready(session) is False
     assert not hub.hub.is_connected(KAKTUS)
-
-
-async def test_replies_reach_the_session_without_the_library_queue(hub):
-    """trio-websocket's reader hands each message straight to the session (no queue, no hop
-    through a second task): replies are delivered, the queue stays unused."""
-    from kahuna.hub.session import _DirectDelivery
-    agent = await hub.registered()
-    session = hub.hub.registry.get(KAKTUS)
-    assert isinstance(session.ws._send_channel, _DirectDelivery)
-    hub.nursery.start_soon(agent.echo_forever)
-    for n in range(20):
-        assert await hub.hub.call(KAKTUS, "Echo", {"n": n}, timeout=2) == {"n": n}
-    assert session.ws._recv_channel.statistics().current_buffer_used == 0
-
-
-async def test_direct_delivery_discards_messages_once_the_connection_is_closing():
-    """As the library's queue does: nothing is delivered after a close began."""
-    from kahuna.hub.session import _DirectDelivery
-
-    class FakeWs:
-        _close_reason = None
-
-    got = []
-    ws = FakeWs()
-    ws._send_channel, receiver = trio.open_memory_channel(1)
-    channel = _DirectDelivery(ws, got.append)
-    await channel.send(b"one")
-    ws._close_reason = object()
-    await channel.send(b"two")
-    assert got == [b"one"]
-    # the library closes "its queue" on close: that must reach the original channel, so a
-    # task in get_message() wakes (this raised AttributeError and failed the connection)
-    await channel.aclose()
-    with pytest.raises(trio.EndOfChannel):
-        await receiver.receive()
 
 
 def test_gc_thresholds_are_raised_never_lowered():
