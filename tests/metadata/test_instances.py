@@ -3,7 +3,7 @@ client against a real Kahuna and an in-process simulated Kaktus; each instance's
 back from the cloud-init `meta-data` of the ISO the Kaktus was given, then the profile is read
 over real HTTP the way the instance would.
 
-The instances' private addresses are RFC 1918 (the project subnets are 10.50.x.0/26), which a
+The instances' private addresses are RFC 1918 (the project subnets are 10.70.x.0/24), which a
 test cannot bind on loopback: the requests come through a trusted front proxy instead
 (`global.http.trustedProxies: [127.0.0.1]`, `X-Forwarded-For` = the address the proxy saw).
 127.0.0.3 is an untrusted peer, whose X-Forwarded-For must count for nothing.
@@ -21,24 +21,23 @@ import yaml
 
 from agent.sim.harness import SimHost
 from agent.sim.model import GiB
+from tests.identity.helpers import PUBLIC_URL, identity_config
 from kahuna.metadata.profile import BASE_FIELDS, IPSEC_FIELDS, KAWAII_FIELDS, KONVEY_FIELDS, NAT_FIELDS, VIP_FIELDS
-from tests.infra.helpers import (CALL_TIMEOUT, agent_status, create_agents, region_and_zone, stored, unique,
-                                 wait_for)
-from tests.kahuna_proc import Kahuna, write_config
+from tests.infra.helpers import CALL_TIMEOUT, stored, unique
+from tests.kahuna_proc import Kahuna
 from tests.metadata.helpers import BASE_TYPES, KAWAII_LISTS, PATH, VIP_TYPES, check_types, conn, get
+from tests.services.appliance_world import POOL, build
 
 PROXY, UNTRUSTED = "127.0.0.1", "127.0.0.3"
-PUBLIC_URL = "https://kowabunga.test"
 PSK = "psk-" + uuid.uuid4().hex
-POOL = "ssd"
 
 
 @pytest.fixture(scope="module")
-def kahuna(tmp_path_factory):
+def kahuna(tmp_path_factory, smtp_sink):
     work = tmp_path_factory.mktemp("kahuna-metadata-e2e")
     # DEBUG: the secrets test greps every line the daemon writes, request lines included
-    config = write_config(work / "kahuna.yml", work / "data", publicUrl=PUBLIC_URL, logLevel="DEBUG",
-                          http={"trustedProxies": [PROXY]}, ws={"callTimeout": CALL_TIMEOUT})
+    config = identity_config(work, smtp_sink, logLevel="DEBUG", http={"trustedProxies": [PROXY]},
+                             ws={"callTimeout": CALL_TIMEOUT})
     with Kahuna(work, config) as k:
         k.config_path = config
         yield k
@@ -50,62 +49,48 @@ def host():
         yield h
 
 
-def booted(kahuna, kaktus, kompute_id: str) -> dict:
+def booted(kahuna, world, kompute_id: str) -> dict:
     """What the instance of a Kompute knows from its CD-ROM: meta-data, and its document."""
-    return instance_facts(kahuna, kaktus, stored(kahuna, "kompute", kompute_id)["instance_id"])
+    return instance_facts(kahuna, world, stored(kahuna, "kompute", kompute_id)["instance_id"])
 
 
-def instance_facts(kahuna, kaktus, instance_id: str) -> dict:
+def instance_facts(kahuna, world, instance_id: str) -> dict:
     instance = {**stored(kahuna, "instance", instance_id), "_id": instance_id}
-    files = kaktus.iso_files(POOL, instance["iso_volume"])
+    files = world["kaktus"][0].iso_files(POOL, instance["iso_volume"])  # the pool's Kaktus keeps the ISOs
     meta = yaml.safe_load(files["meta-data"])
     return {"id": meta["instance-id"], "token": meta["kowabunga_metadata_token"], "ip": meta["kowabunga_local_ip"],
             "meta": meta, "files": files, "doc": instance, "name": instance["name"]}
 
 
 @pytest.fixture(scope="module")
-def world(kahuna, admin, host):
-    """A region (one zone) with a private VNet (two /26 project subnets) and a public one, a
-    simulated Kaktus with pool `ssd` and a template; projects p1 (two Komputes) and p2 (one)."""
-    region, zone = region_and_zone(admin)
-    regions, vnets = kowabunga.RegionApi(admin), kowabunga.VnetApi(admin)
-    private = regions.create_region_v_net(region, kowabunga.VNet(name=unique("vpc"), vlan=100, interface="br100",
-                                                                 private=True))
-    subnets = [vnets.create_v_net_subnet(private.id, kowabunga.Subnet(
-        name=unique("vpc"), cidr=f"10.50.{i}.0/26", gateway=f"10.50.{i}.1", extra_routes=["10.60.0.0/16"],
-        gw_pool=[kowabunga.IpRange(first=f"10.50.{i}.2", last=f"10.50.{i}.3")])) for i in (1, 2)]
-    public = regions.create_region_v_net(region, kowabunga.VNet(name=unique("wan"), vlan=0, interface="br0",
-                                                                private=False))
-    vnets.create_v_net_subnet(public.id, kowabunga.Subnet(name=unique("wan"), cidr="198.51.100.0/26",
-                                                          gateway="198.51.100.1"))
-    agent = create_agents(kahuna, "Kaktus")[0]
-    kaktus = host.kaktus(agent["id"], agent["key"], f"ws://127.0.0.1:{kahuna.hub_port}/ws",
-                         pools={POOL: 200 * GiB}, libvirt_address="10.0.0.11")
-    kaktus.wait_connected()
-    wait_for(lambda: agent_status(kahuna, agent["id"])["connected"], "Kahuna to see the sim")
-    node = kowabunga.ZoneApi(admin).create_zone_kaktus(zone, kowabunga.Kaktus(
-        name=unique("kaktus"), agents=[agent["id"]],
-        cpu_cost=kowabunga.Cost(price=0, currency="EUR"), memory_cost=kowabunga.Cost(price=0, currency="EUR")))
-    wait_for(lambda: kowabunga.KaktusApi(admin).read_kaktus_caps(node.id).memory, "the Kaktus capabilities")
-    pool = regions.create_region_storage_pool(region, kowabunga.StoragePool(name=unique("pool"), pool=POOL,
-                                                                            agents=[agent["id"]]))
-    kowabunga.PoolApi(admin).create_storage_pool_template(
-        pool.id, kowabunga.Template(name="noble", source="https://images.test/noble.qcow2"))
+def world(kahuna, admin, smtp_sink, host):
+    """The appliance tests' world (a region with two zones, a simulated Kaktus in each, private and
+    public VNets: tests.services.appliance_world) plus project p1 with a domain and tags on a
+    third private subnet; p2 is that world's `other` project. Komputes alpha and beta in p1
+    (zone 1), gamma in p2 (zone 2)."""
+    out = build(kahuna, admin, smtp_sink, host)
+    region = out["region"]
+    regions, projects = kowabunga.RegionApi(admin), kowabunga.ProjectApi(admin)
+    (private,) = [v for v in regions.list_region_v_nets(region) if kowabunga.VnetApi(admin).read_v_net(v).private]
+    subnet = kowabunga.VnetApi(admin).create_v_net_subnet(private, kowabunga.Subnet(
+        name=unique("vpc"), cidr="10.70.3.0/24", gateway="10.70.3.1", extra_routes=["10.60.0.0/16"],
+        gw_pool=[kowabunga.IpRange(first="10.70.3.2", last="10.70.3.4")]))
     team = kowabunga.TeamApi(admin).create_team(kowabunga.Team(name=unique("team"), users=[]))
-    projects = kowabunga.ProjectApi(admin)
     p1 = projects.create_project(kowabunga.Project(name=unique("p1"), domain="p1.acme.test", tags=["web"],
-                                                   teams=[team.id], regions=[region]), subnet_size=26)
-    p2 = projects.create_project(kowabunga.Project(name=unique("p2"), teams=[team.id], regions=[region]),
-                                 subnet_size=26)
+                                                   teams=[team.id], regions=[region]))
+    p2 = projects.read_project(out["other"])
+    assert stored(kahuna, "project", p1.id)["private_subnets"] == {region: subnet.id}
 
-    def kompute(project, name):
+    def kompute(project, zone, name):
         vm = projects.create_project_zone_kompute(project.id, zone, kowabunga.Kompute(
             name=unique(name), description=f"{name} desc", memory=2 * GiB, vcpus=2, disk=4 * GiB))
-        return {**booted(kahuna, kaktus, vm.id), "kompute_id": vm.id}
+        return {**booted(kahuna, out, vm.id), "kompute_id": vm.id}
 
-    return {"region": region, "zone": zone, "kaktus": kaktus, "kaktus_name": node.name, "p1": p1, "p2": p2,
-            "subnets": {s.id: s.cidr for s in subnets}, "alpha": kompute(p1, "alpha"), "beta": kompute(p1, "beta"),
-            "gamma": kompute(p2, "gamma")}
+    zone1, zone2 = out["zones"]
+    return {**out, "zone": zone1, "p1": p1, "p2": p2, "subnet": subnet.cidr,
+            "kaktus_name": kowabunga.KaktusApi(admin).read_kaktus(out["nodes"][0]).name,
+            "alpha": kompute(p1, zone1, "alpha"), "beta": kompute(p1, zone1, "beta"),
+            "gamma": kompute(p2, zone2, "gamma")}
 
 
 def by_token(vm: dict, token: str | None = None, instance_id: str | None = None) -> dict:
@@ -127,9 +112,9 @@ def read(kahuna, vm: dict) -> dict:
 def test_meta_data_on_the_iso_carries_what_the_instance_needs(kahuna, world):
     alpha = world["alpha"]
     meta = alpha["meta"]
-    assert meta["kowabunga_metadata_uri"] == PUBLIC_URL + PATH
+    assert meta["kowabunga_metadata_uri"] == PUBLIC_URL + PATH  # global.publicUrl
     assert meta["instance-id"] == alpha["doc"]["_id"] and meta["kowabunga_local_ip"] == alpha["doc"]["local_ip"]
-    assert alpha["ip"].startswith("10.50.") and len(alpha["token"]) == 43
+    assert alpha["ip"].startswith("10.70.3.") and len(alpha["token"]) == 43
     # an ordinary instance has no Kontroller credentials; the kw-meta helper sends the token
     assert not any(k.startswith("kowabunga_controller") for k in meta)
     (kw_meta,) = [f for f in yaml.safe_load(alpha["files"]["user-data"])["write_files"]
@@ -143,11 +128,10 @@ def test_an_instance_reads_its_own_profile_with_its_token(kahuna, world, admin):
     body = read(kahuna, alpha)
     assert set(body) == set(BASE_FIELDS)
     check_types(body, BASE_TYPES)
-    (pair,) = kowabunga.ProjectApi(admin).read_project(p1.id).private_subnets
     assert body == {
         "instance-id": alpha["id"], "local-hostname": alpha["name"], "description": "alpha desc",
         "kaktus": world["kaktus_name"], "vcpu": 2, "mem_gb": 2, "local-ipv4": alpha["ip"],
-        "subnet_cidr": world["subnets"][pair.value], "template": "noble", "monthly_cost": body["monthly_cost"],
+        "subnet_cidr": "10.70.3.0/24", "template": "appliance", "monthly_cost": body["monthly_cost"],
         "project": p1.name, "domain": "p1.acme.test",
         "zone": kowabunga.ZoneApi(admin).read_zone(world["zone"]).name,
         "region": kowabunga.RegionApi(admin).read_region(world["region"]).name, "tags": ["web"], "peers": []}
@@ -215,9 +199,10 @@ def kawaii(kahuna, world, admin, host):
         firewall=kowabunga.KawaiiIpSecFirewall(ingress=[
             kowabunga.KawaiiFirewallIngressRule(source="10.200.0.0/16", protocol="tcp", ports="443")])))
     doc = stored(kahuna, "kawaii", gw.id)
-    (member,) = doc["appliances"]
-    appliance = instance_facts(kahuna, world["kaktus"], member["instance_id"])
-    return {"id": gw.id, "ipsec_id": ipsec.id, "doc": doc, "vm": appliance}
+    vms = {m["zone_id"]: instance_facts(kahuna, world, m["instance_id"]) for m in doc["appliances"]}
+    assert set(vms) == set(world["zones"])
+    return {"id": gw.id, "ipsec_id": ipsec.id, "doc": doc, "vm": vms[world["zones"][0]],
+            "other_vm": vms[world["zones"][1]]}
 
 
 def test_a_kawaii_appliance_sees_its_ipsec_psk_and_nobody_else_does(kahuna, world, kawaii):
@@ -236,35 +221,41 @@ def test_a_kawaii_appliance_sees_its_ipsec_psk_and_nobody_else_does(kahuna, worl
     assert ipsec["ip"] in gw["public_vip_addresses"]
     assert ipsec["ingress_rules"] == [{"source_ip": "10.200.0.0/16", "direction": "in", "protocol": "tcp",
                                        "ports": "443", "action": "accept"}]
-    # VIPs: the zone's public VIP and the project's zone gateway, one VRRP id, master in its own zone
+    # per zone: its public VIP (ens3) and the project's zone gateway (ens4) sharing one VRRP id;
+    # master (150) for its own zone's, backup (100) for the other zone's; the other appliance the reverse
     public_vips = doc["public_vips"]
-    assert gw["public_vip_addresses"] == public_vips and all(v.startswith("198.51.100.") for v in public_vips)
-    assert gw["public_gw_address"] == "198.51.100.1"
+    assert len(public_vips) == 2 and gw["public_vip_addresses"] == public_vips
+    assert all(v.startswith("198.51.100.") for v in public_vips) and gw["public_gw_address"] == "198.51.100.1"
     for v in gw["virtual_ips"]:
         assert set(v) == set(VIP_FIELDS)
         check_types(v, VIP_TYPES)
-    vips = {(v["interface"], v["public"]): v for v in gw["virtual_ips"]}
-    assert set(vips) == {("ens3", True), ("ens4", False)}
-    assert vips["ens3", True]["vip"] == public_vips[0] and vips["ens3", True]["mask"] == 26
-    assert vips["ens4", False]["mask"] == 26 and vips["ens4", False]["vip"].startswith("10.50.")
-    assert vips["ens3", True]["vrrp_id"] == vips["ens4", False]["vrrp_id"] >= 1
-    assert {v["priority"] for v in gw["virtual_ips"]} == {150}
+    gateways = stored(kahuna, "project", world["p1"].id)["zone_gateways"]
+    own, other = world["zones"]
+    expected = [{"vrrp_id": v["vrrp_id"], "interface": v["interface"], "vip": v["vip"],
+                 "priority": 150 if v["zone_id"] == own else 100, "mask": 27 if v["public"] else 24,
+                 "public": v["public"]} for v in doc["virtual_ips"]]
+    assert gw["virtual_ips"] == expected and len(expected) == 4
+    assert {(v["vip"], v["interface"]) for v in gw["virtual_ips"] if not v["public"]} == {
+        (gateways[own], "ens4"), (gateways[other], "ens4")}
+    assert len({v["vrrp_id"] for v in gw["virtual_ips"]}) == 2 and all(v["vrrp_id"] >= 1 for v in gw["virtual_ips"])
+    backup = read(kahuna, kawaii["other_vm"])
+    assert [v["priority"] for v in backup["kawaii"]["virtual_ips"]] == [250 - v["priority"] for v in expected]
+    assert body["peers"] == [kawaii["other_vm"]["ip"]] and backup["peers"] == [vm["ip"]]
+    assert backup["kawaii"]["ipsec_connections"][0]["pre_shared_key"] == PSK  # both ends of the pair
     assert gw["fw_input_rules"] == [{"iifname": "ens3", "oifname": "ens3", "source_ip": "0.0.0.0/0",
-                                     "destination_ip": public_vips[0], "protocol": "tcp", "ports": "22",
-                                     "action": "accept"}]
-    assert gw["fw_nat_rules"] == [{"private_ip": world["alpha"]["ip"], "public_ip": public_vips[0],
-                                   "protocol": "tcp", "ports": "8080"}]
+                                     "destination_ip": address, "protocol": "tcp", "ports": "22",
+                                     "action": "accept"} for address in public_vips]
+    assert gw["fw_nat_rules"] == [{"private_ip": world["alpha"]["ip"], "public_ip": address,
+                                   "protocol": "tcp", "ports": "8080"} for address in public_vips]
     assert all(set(r) == set(NAT_FIELDS) for r in gw["fw_nat_rules"])
     assert gw["fw_input_extra_networks"] == ["10.60.0.0/16"] and gw["fw_output_default"] == "accept"
-    assert body["peers"] == []  # the only appliance of its Kawaii
     # its Kontroller credentials are on its ISO, never in the JSON
     assert vm["meta"]["kowabunga_controller_agent_token"] not in json.dumps(body)
     # nobody else sees the PSK, the VRRP data or the appliance part
-    vrrp = str(vips["ens3", True]["vrrp_id"])
     for who in ("alpha", "beta", "gamma"):
-        raw = json.dumps(read(kahuna, world[who]))
-        assert PSK not in raw and "kawaii" not in json.loads(raw) and "vrrp" not in raw
-        assert vrrp not in json.loads(raw)["peers"]
+        profile = read(kahuna, world[who])
+        raw = json.dumps(profile)
+        assert PSK not in raw and "kawaii" not in profile and "vrrp" not in raw and profile["peers"] == []
 
 
 def test_an_instance_behind_its_kawaii_uses_upstreams_headers(kahuna, world, kawaii):
@@ -282,7 +273,7 @@ def test_an_instance_behind_its_kawaii_uses_upstreams_headers(kahuna, world, kaw
 
 def test_the_kontroller_configures_from_its_profile_and_follows_a_rule_change(kahuna, world, kawaii, host, admin):
     vm = kawaii["vm"]
-    kontroller = host.kontroller(world["kaktus"], POOL, vm["doc"]["iso_volume"],
+    kontroller = host.kontroller(world["kaktus"][0], POOL, vm["doc"]["iso_volume"],
                                  endpoint=f"ws://127.0.0.1:{kahuna.hub_port}/ws", metadata_url=kahuna.url + PATH)
     try:
         state = kontroller.wait_reloads(1)  # Kahuna reloads a Kontroller when it connects
@@ -292,12 +283,14 @@ def test_the_kontroller_configures_from_its_profile_and_follows_a_rule_change(ka
             ingress=[kowabunga.KawaiiFirewallIngressRule(source="192.0.2.0/24", protocol="udp", ports="51820")],
             egress_policy="drop", egress=[kowabunga.KawaiiFirewallEgressRule(destination="0.0.0.0/0", protocol="tcp",
                                                                               ports="443")])))
-        state = kontroller.wait_reloads(2)
+        state = kontroller.wait_reloads(state["reloads"] + 1)  # Kahuna reloads it after the update
         rules = state["firewall"]["input_rules"]
-        assert [(r["source_ip"], r["protocol"], r["ports"]) for r in rules] == [("192.0.2.0/24", "udp", "51820")]
+        vips = kawaii["doc"]["public_vips"]
+        assert [(r["source_ip"], r["destination_ip"], r["protocol"], r["ports"]) for r in rules] == [
+            ("192.0.2.0/24", address, "udp", "51820") for address in vips]
         assert state["firewall"]["output_default"] == "drop"
         assert [(r["destination_ip"], r["ports"], r["action"]) for r in state["firewall"]["output_rules"]] == [
-            ("0.0.0.0/0", "443", "accept")]
+            ("0.0.0.0/0", "443", "accept")] * len(vips)
         assert read(kahuna, vm)["kawaii"]["fw_input_rules"] == rules
     finally:
         kontroller.stop()
@@ -311,13 +304,13 @@ def test_a_konvey_appliance_profile(kahuna, world, admin):
             backends=kowabunga.KonveyBackends(hosts=[alpha["ip"], beta["ip"]], port=8443))]))
     doc = stored(kahuna, "konvey", lb.id)
     (member,) = doc["appliances"]
-    vm = instance_facts(kahuna, world["kaktus"], member["instance_id"])
+    vm = instance_facts(kahuna, world, member["instance_id"])
     body = read(kahuna, vm)
     assert set(body) == set(BASE_FIELDS) | {"konvey"} and set(body["konvey"]) == set(KONVEY_FIELDS)
     konvey = body["konvey"]
     assert konvey["virtual_ips"] == [{"vrrp_id": doc["vrrp_id"], "interface": "ens4", "vip": doc["vip"],
-                                      "priority": 150, "mask": 26, "public": False}]
-    assert doc["vip"].startswith("10.50.") and doc["vip"] == lb.vip and doc["vrrp_id"] >= 1
+                                      "priority": 150, "mask": 24, "public": False}]
+    assert doc["vip"].startswith("10.70.3.") and doc["vip"] == lb.vip and doc["vrrp_id"] >= 1
     assert konvey["endpoints"] == [{"name": "https", "port": 443, "protocol": "tcp", "backends": [
         {"host": alpha["ip"], "port": 8443}, {"host": beta["ip"], "port": 8443}]}]
     assert "konvey" not in read(kahuna, alpha) and "kawaii" not in body
