@@ -212,12 +212,14 @@ async def _candidates(res, region_id: str) -> list[tuple[Doc, Doc]]:
     return out
 
 
-async def _owner_alive(res, subnet: Doc) -> bool:
-    try:
-        await res.get("project", subnet["project_id"])
-    except NotFoundError:
-        return False
-    return True
+async def _stale(res, pairs: list[tuple[Doc, Doc]]) -> set[str]:
+    """Subnets still marked by a project that no longer exists (a crash between the project's
+    delete and the release): free again. One query for all the owners."""
+    owners = {s["project_id"] for v, s in pairs if s.get("project_id") and eligible(v, s)}
+    if not owners:
+        return set()
+    alive = {p["_id"] for p in await res.store.find("project", {"_id": {"$in": sorted(owners)}})}
+    return {s["_id"] for _, s in pairs if s.get("project_id") and s["project_id"] not in alive}
 
 
 async def _reserve_region(res, project: Doc, region_id: str, size: int) -> tuple[str, dict[str, str]] | None:
@@ -226,9 +228,7 @@ async def _reserve_region(res, project: Doc, region_id: str, size: int) -> tuple
     pairs = await _candidates(res, region_id)
     if not any(eligible(v, s) for v, s in pairs):
         return None
-    # a subnet still marked by a project that no longer exists (a crash between the project's
-    # delete and the release) is free again
-    stale = {s["_id"] for v, s in pairs if s.get("project_id") and eligible(v, s) and not await _owner_alive(res, s)}
+    stale = await _stale(res, pairs)
     subnet = choose_subnet(pairs, size, lambda s: not s.get("project_id") or s["_id"] in stale)
     region = await _region_label(res, region_id)
     if subnet is None:

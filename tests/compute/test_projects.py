@@ -212,6 +212,25 @@ def test_a_failing_region_releases_every_subnet_reserved(kahuna, admin, team):
     assert _owner(kahuna, free) == _owner(kahuna, sub) == ""
 
 
+def test_a_subnet_left_marked_by_a_dead_project_is_free_again(kahuna, admin, team):
+    """A crash between a project's delete and its subnet's release leaves the subnet marked by a
+    project that no longer exists: the next reservation takes it."""
+    import json
+    import sqlite3
+    region, _ = _region(admin, zones=1)
+    sub = _subnet_of(admin, _vnet(admin, region), "10.68.0.0/26")
+    conn = sqlite3.connect(str(kahuna.workdir / "data" / "kahuna.sqlite3"), timeout=10)
+    try:
+        (raw,) = conn.execute('SELECT doc FROM "subnet" WHERE _id = ?', (sub,)).fetchone()
+        marked = {**json.loads(raw), "project_id": "d" * 24}
+        conn.execute('UPDATE "subnet" SET doc = ? WHERE _id = ?', (json.dumps(marked), sub))
+        conn.commit()
+    finally:
+        conn.close()
+    project = _project(admin, team, [region], size=26)
+    assert project.private_subnets[0].value == sub and _owner(kahuna, sub) == project.id
+
+
 def test_parallel_creates_never_share_a_subnet(kahuna, admin, team):
     region, _ = _region(admin, zones=1)
     vnet = _vnet(admin, region)
