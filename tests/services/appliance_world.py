@@ -62,7 +62,7 @@ def build(kahuna, admin, smtp_sink, host, *, public_cidr: str = "198.51.100.0/27
     assert region in (doc.get("private_subnets") or {}), "the project networks reserve a private subnet"
     assert len(doc.get("zone_gateways") or {}) == 2, doc.get("zone_gateways")
     return {"region": region, "zones": [first_zone, second_zone], "kaktus": kaktuses, "nodes": nodes,
-            "pool": pool.id, "public_subnet": public_subnet, "public_vnet": public.id,
+            "pool": pool.id, "public_subnet": public_subnet, "public_vnet": public.id, "private_vnet": private.id,
             "private_subnet": doc["private_subnets"][region], "zone_gateways": doc["zone_gateways"],
             "project": project.id, "project_name": project.name, "other": other.id, "host": host,
             "member": login(kahuna, member.email, password), "reader": login(kahuna, reader.email, reader_password),

@@ -144,6 +144,33 @@ def test_kawaii_life_cycle(kahuna, world, admin):
     assert leftovers(kahuna, world, project, name) == NOTHING
 
 
+def test_vpc_peering_with_a_ceph_network(kahuna, world, admin):
+    """Each appliance gets an address in the peered subnet (`netip`, per zone); a Ceph subnet's
+    peering gets the Ceph/NFS rule first both ways (upstream); the appliance forwards accordingly."""
+    from kahuna.resources.appliance_fields import CEPH_PORTS
+
+    ceph = kowabunga.VnetApi(admin).create_v_net_subnet(world["private_vnet"], kowabunga.Subnet(
+        name=unique("ceph"), cidr="10.90.0.0/24", gateway="10.90.0.1", application="ceph")).id
+    with make_client(kahuna, api_key=None, token=world["member"]) as member:
+        kawaii = kowabunga.ProjectApi(member).create_project_region_kawaii(world["project"], world["region"], kowabunga.Kawaii(
+            vpc_peerings=[kowabunga.KawaiiVpcPeering(subnet=ceph, policy="drop", ingress=[
+                kowabunga.KawaiiVpcForwardRule(ports="8080")])]))
+        peering = kawaii.vpc_peerings[0]
+        assert [r.ports for r in peering.ingress] == [CEPH_PORTS, "8080"] and [r.ports for r in peering.egress] == [CEPH_PORTS]
+        zone_names = sorted(kowabunga.ZoneApi(admin).read_zone(z).name for z in world["zones"])
+        assert sorted(n.zone for n in peering.netip) == zone_names
+        assert all(ipaddress.ip_address(n.private) in ipaddress.ip_network("10.90.0.0/24") for n in peering.netip)
+        appliance = stored(kahuna, "kawaii", kawaii.id)["appliances"][0]
+        sim = boot(kahuna, world, appliance["name"])
+        try:
+            forward = sim.wait_reloads(1)["firewall"]["forward_rules"]
+            assert {r["ports"] for r in forward} >= {CEPH_PORTS, "8080"}
+        finally:
+            sim.stop()
+        assert kowabunga.KawaiiApi(member).delete_kawaii(kawaii.id) is None
+    assert leftovers(kahuna, world, world["project"], "kawaii-") == NOTHING
+
+
 def test_bad_fields_are_refused_naming_them(kahuna, world):
     path = f"/project/{world['project']}/region/{world['region']}/kawaii"
     for body, where in (({"firewall": {"ingress": [{"ports": "0"}]}}, "firewall.ingress[0].ports"),
