@@ -33,7 +33,8 @@ from kahuna.logs import get_logger
 from kahuna.orchestrator import placement
 from kahuna.orchestrator.agent_calls import AgentCalls, NoAgent
 from kahuna.orchestrator.flows import Flow, register_undo
-from kahuna.orchestrator.instances import STOPPED, Host, host_usage, shutdown_grace
+from kahuna.orchestrator.instances import STOPPED, Host, footprint, shutdown_grace
+from kahuna.orchestrator.komputes import kaktus_usage
 from kahuna.orchestrator.komputes import PLACEMENT_LOCK
 from kahuna.resources.errors import ConflictError, DomainError, InsufficientResources, Invalid, Missing, NotFoundError
 from kahuna.resources.service import utcnow
@@ -194,18 +195,23 @@ async def commit(res, instance_id: str, plan_id: str) -> None:
             raise ConflictError(f"plan: {instance['name']} no longer runs on the plan's source; plan again")
         source = await Host.of(res, doc["source_id"])
         state = await source.state(instance["name"])
+        live = bool(doc["live"]) and state not in STOPPED
         flow = await Flow(res, "instance.kmotion", instance_id).start()
         try:
+            await flow.record("move", undo="kmotion.recover", data={
+                "instance_id": instance_id, "name": instance["name"], "source_id": doc["source_id"],
+                "target_id": doc["target_id"], "live": live})
             async with res.locks.hold(PLACEMENT_LOCK):  # checked and reserved as one, as placement does
                 target = await res.get("kaktus", doc["target_id"])
                 request = await _request(res, instance, bool(doc["live"]))
                 await check_target(res, request, target, await res.get("zone", target["zone_id"]))
-                await host_usage(res, flow, target["_id"], 1, instance)
-            if doc["live"] and state not in STOPPED:
+                await _usage(res, instance, target["_id"], 1, reserved=True)
+            if live:
                 await _live(res, flow, instance, source, Host(res, target))
             else:
                 await _cold(res, flow, instance, source, Host(res, target), state)
-            await host_usage(res, flow, source.doc["_id"], -1, instance)
+            await _usage(res, instance, source.doc["_id"], -1, reserved=True, released=True)
+            await res.set_fields("instance", instance_id, {"kmotion": {}})
         except BaseException:
             await flow.rollback()
             raise
@@ -233,16 +239,19 @@ async def _drop_plan(res, plan_id: str) -> None:
         pass
 
 
-def _move_data(instance: Doc, source: Host, target: Host, live: bool) -> Doc:
-    return {"instance_id": instance["_id"], "name": instance["name"], "source_id": source.doc["_id"],
-            "target_id": target.doc["_id"], "live": live}
+async def _usage(res, instance: Doc, kaktus_id: str, sign: int, **progress: bool) -> None:
+    """Move the instance's footprint on one host, then note how far the move went on the
+    instance document (`kmotion.reserved`: the target holds it; `.released`: the source let it
+    go), which is what the recovery reads to put the counters right."""
+    used = footprint(instance)
+    await kaktus_usage(res, kaktus_id, sign * used["vcpus"], sign * used["memory"], sign)
+    await res.set_fields("instance", instance["_id"], {"kmotion": progress})
 
 
 async def _live(res, flow: Flow, instance: Doc, source: Host, target: Host) -> None:
     name = instance["name"]
     endpoint = await target.call("GetLibvirtEndpoint", {})
     uri = f"qemu+{endpoint.get('Protocol') or 'tcp'}://{endpoint.get('Address')}:{endpoint.get('Port') or 16509}/system"
-    await flow.record("migrate", undo="kmotion.host", data=_move_data(instance, source, target, True))
     await source.call("MigrateInstance", {"Name": name, "DestinationURI": uri})
     await move_host(res, instance["_id"], source.doc["_id"], target.doc["_id"])
     try:  # the persistent definition on the target: SPICE on the target's own address
@@ -263,7 +272,6 @@ async def _cold(res, flow: Flow, instance: Doc, source: Host, target: Host, stat
     await source.call("DeleteInstance", {"Name": name})
     await flow.step("target", lambda: target.call("CreateInstance", {"Name": name, "XML": moved}),
                     undo="kaktus.domain", data={"kaktus_id": target.doc["_id"], "name": name})
-    await flow.record("host", undo="kmotion.host", data=_move_data(instance, source, target, False))
     await move_host(res, instance["_id"], source.doc["_id"], target.doc["_id"])
     await target.restore(name, state)
 
@@ -293,25 +301,39 @@ async def move_host(res, instance_id: str, from_id: str, to_id: str) -> None:
         await res.set_fields("kompute", kompute["_id"], {"zone_id": target["zone_id"]})
 
 
-async def _undo_host(res, data: Doc) -> None:
-    """Cold: back to the source. Live: wherever the domain is (the migration may have happened)."""
-    back = True
+async def _undo_move(res, data: Doc) -> None:
+    """Where the instance ends up, and the usage counters to match (the last undo of a kMotion:
+    the cold steps have already put the domain back on the source). Live: wherever the domain is
+    (the migration may have happened before the crash). The instance document's `kmotion`
+    progress says which counters were already moved."""
+    try:
+        instance = await res.get("instance", data["instance_id"])
+    except NotFoundError:
+        return
+    on_target = False
     if data.get("live"):
         try:
             await (await Host.of(res, data["target_id"])).state(data["name"])
-            back = False  # the target has it
+            on_target = True
         except NotFoundError:
             pass
         except DomainError as exc:
             if not _no_domain(exc):
                 raise  # the target unreachable: retried by the flow recovery
-    try:
-        if back:
-            await move_host(res, data["instance_id"], data["target_id"], data["source_id"])
-        else:
-            await move_host(res, data["instance_id"], data["source_id"], data["target_id"])
-    except NotFoundError:
-        pass
+    progress = instance.get("kmotion") or {}
+    used = footprint(instance)
+    source, target = data["source_id"], data["target_id"]
+    if on_target:
+        await move_host(res, instance["_id"], source, target)
+        moves = ([] if progress.get("reserved") else [(target, 1)]) + \
+            ([] if progress.get("released") else [(source, -1)])
+    else:
+        await move_host(res, instance["_id"], target, source)
+        moves = ([(target, -1)] if progress.get("reserved") else []) + \
+            ([(source, 1)] if progress.get("released") else [])
+    for kaktus_id, sign in moves:
+        await kaktus_usage(res, kaktus_id, sign * used["vcpus"], sign * used["memory"], sign)
+    await res.set_fields("instance", instance["_id"], {"kmotion": {}})
 
 
 async def _undo_source(res, data: Doc) -> None:
@@ -331,7 +353,7 @@ async def _undo_source(res, data: Doc) -> None:
         await source.restore(data["name"], data.get("state") or "Shutoff")
 
 
-register_undo("kmotion.host", _undo_host)
+register_undo("kmotion.recover", _undo_move)
 register_undo("kmotion.source", _undo_source)
 
 

@@ -6,6 +6,9 @@ zone/region elections, the usage moving between hosts, and the refusals of bad p
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import kowabunga
 import pytest
 from kowabunga.exceptions import ApiException
@@ -202,3 +205,59 @@ def test_bad_plans_and_commits(kahuna, world, fleet):
     assert code == 404
     for k in (kid, other):
         assert http(kahuna, "DELETE", f"/kompute/{k}")[0] == 200
+
+
+def _in_thread(fn, *args) -> threading.Thread:
+    def run():
+        try:
+            fn(*args)
+        except Exception:  # the daemon is killed under the request
+            pass
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_sigkill_during_a_kmotion_is_recovered_at_restart(kahuna, world, fleet):
+    """A cold kMotion killed once the target defined the domain goes back to its source, running;
+    a live one killed once libvirt migrated stays on the target; the usage matches the domains."""
+    sims = fleet["sims"]
+    moves = {}
+    for name, live in (("sk1", False), ("sk2", True)):
+        kid, iid = _kompute(kahuna, world, name)
+        source = _host_of(kahuna, iid)
+        code, plan = http(kahuna, "POST", f"/instance/{iid}/kmotion/plan",
+                          {"destination": "manual", "kaktus": _other_in_zone(world, fleet, source), "live": live})
+        assert code == 201, plan
+        moves[name] = (kid, iid, plan)
+    _, _, cold = moves["sk1"]
+    _, _, live = moves["sk2"]
+    sims[cold["target"]].faults.delay_reply("CreateInstance", 30.0, when=lambda p: p.get("Name") == "sk1")
+    sims[live["source"]].faults.delay_reply("MigrateInstance", 30.0, when=lambda p: p.get("Name") == "sk2")
+    threads = [_in_thread(http, kahuna, "PATCH", f"/instance/{iid}/kmotion/commit", {"plan": plan["id"]})
+               for _, iid, plan in moves.values()]
+    wait_for(lambda: sims[cold["target"]].domain("sk1") and sims[live["target"]].domain("sk2"),
+             "the target to define sk1 and libvirt to migrate sk2")
+    kahuna.proc.send_signal(signal.SIGKILL)
+    kahuna.proc.wait(10)
+    for sim in sims.values():
+        sim.faults.clear()
+    for t in threads:
+        t.join(30)
+    kahuna.start()
+    for sim in sims.values():
+        sim.start(f"ws://127.0.0.1:{kahuna.hub_port}/ws")
+
+    def recovered():
+        return (sims[cold["target"]].domain("sk1") is None and sims[live["source"]].domain("sk2") is None
+                and (sims[cold["source"]].domain("sk1") or {}).get("state") == "Running"
+                and _host_of(kahuna, moves["sk1"][1]) == cold["source"]
+                and _host_of(kahuna, moves["sk2"][1]) == live["target"]
+                and all(_usage(kahuna, kaktus_id) == (len(sim.domains()), len(sim.domains()), len(sim.domains()) * GiB)
+                        for kaktus_id, sim in sims.items()))  # every Kompute here is 1 vCPU, 1 GiB
+    wait_for(recovered, "the restarted Kahuna to put sk1 back and sk2 on its target, usage matching", timeout=30)
+    assert sims[live["target"]].domain("sk2")["state"] == "Running"
+    for sim in sims.values():
+        sim.wait_connected()
+    for kid, _, _ in moves.values():
+        assert http(kahuna, "DELETE", f"/kompute/{kid}")[0] == 200
