@@ -135,7 +135,7 @@ def test_another_projects_member_sees_none_of_it(admin, kahuna, world):
     kowabunga.RecordApi(admin).delete_dns_record(rec.id)
 
 
-def test_deleting_a_project_takes_its_records_off_the_kiwis(admin, kahuna, world):
+def test_a_project_with_records_is_not_deleted_and_its_records_leave_the_kiwis(admin, kahuna, world):
     projects = kowabunga.ProjectApi(admin)
     team = kowabunga.TeamApi(admin).create_team(kowabunga.Team(name=unique("team"), users=[]))
     gone = projects.create_project(kowabunga.Project(name=unique("project"), domain="gone.test", teams=[team.id],
@@ -143,6 +143,11 @@ def test_deleting_a_project_takes_its_records_off_the_kiwis(admin, kahuna, world
     rec = projects.create_project_dns_record(gone.id, kowabunga.DnsRecord(name="x", addresses=["10.9.0.1"]))
     b = world["sims"][1]
     assert zone_of(b, "gone.test") == {"x": ["10.9.0.1"]}
+    # issue 8: a project delete is refused (409) while it has records, naming them
+    status, body = http(kahuna, "DELETE", f"/project/{gone.id}")
+    assert status == 409 and "1 DNS record" in body["reason"]
+    assert zone_of(b, "gone.test") == {"x": ["10.9.0.1"]}
+    kowabunga.RecordApi(admin).delete_dns_record(rec.id)
     projects.delete_project(gone.id)
     assert zone_of(b, "gone.test") == {}
     assert stored(kahuna, "dns_record", rec.id) is None
