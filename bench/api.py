@@ -1,0 +1,368 @@
+"""REST benchmark (issue 13): Kahuna's API next to the stack's floor, same machine, same run.
+
+    python bench/api.py [--seconds 3] [--stores embedded,mongo]
+
+The load generator is wrk (Debian package `wrk`: `apt-get install wrk`), one thread, keep-alive
+connections, so it is never the bottleneck: its figures against the floor show that. Measured:
+- the floor: a bare hypercorn + quart-trio app answering a constant JSON body (hypercorn set up as
+  the daemon sets it up), alone and with Kahuna's request-counting hooks (`count_requests`, what
+  every request of the daemon pays for /metrics): the metrics' cost on the cheapest request;
+- the real daemon (`kahuna.py`) on each store (embedded SQLite; MongoDB wire via nx-27017):
+  `GET /region/{id}` with a user's API key and with a user's JWT, the list of a region's 1,000
+  zones (`GET /region/{id}/zones`), and `POST /region` (creates, a superAdmin's API key), at 1, 16
+  and 64 concurrent connections; then the API-key read again once 10,000 keys are issued.
+Figures, not assertions: this is not a test. The table for the README is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.kahuna_proc import MASTER_KEY, Kahuna, write_config  # noqa: E402
+from tests.nx_server import nx_server  # noqa: E402
+
+CONCURRENCY = (1, 16, 64)
+JWT_SIGNATURE = "bench-jwt-signature-" + "j" * 44
+SERVER_SECRET = "bench-server-secret-" + "s" * 44
+PASSWORD = "Bench-password-with-entropy-9f3k2"
+LIST_SIZE = 1000
+MANY_KEYS = 10_000
+TARGETS = {"read": 0.80, "create": 0.40}  # of the floor's requests/s at the same concurrency
+LIST_P50_MS = 50.0
+
+
+def say(msg: str) -> None:
+    print(f"[bench/api {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------- the floor
+
+def serve_floor(port: int, with_metrics: bool) -> None:
+    """The bare app (a subprocess of the bench): hypercorn's trio serve(), the daemon's settings."""
+    import trio
+    from hypercorn.trio import serve
+    from quart import Response
+    from quart_trio import QuartTrio
+
+    from kahuna.api.metrics import count_requests
+    from kahuna.config import Config
+    from kahuna.server import hypercorn_config
+
+    app = QuartTrio("floor")
+    body = json.dumps({"id": "0" * 24, "name": "eu-west", "description": "", "domain": "acme.test"})
+
+    @app.route("/region/<region_id>")
+    async def region(region_id):
+        return Response(body, status=200, content_type="application/json")
+
+    if with_metrics:
+        count_requests(app)
+    cfg = Config()
+    hc = hypercorn_config(cfg)
+    hc.bind = [f"127.0.0.1:{port}"]
+    print("listening", flush=True)
+    trio.run(serve, app, hc)
+
+
+class Floor:
+    def __init__(self, with_metrics: bool) -> None:
+        self.port = free_port()
+        args = [sys.executable, __file__, "--serve-floor", str(self.port)] + (["--with-metrics"] if with_metrics else [])
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.proc.stdout.readline().strip() == b"listening"
+        wait_http(f"http://127.0.0.1:{self.port}/region/x")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    import urllib.error
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------- wrk
+
+_LAT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+POST_LUA = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", nil, nil, string.format('{"name":"%s-%d","domain":"bench.test"}', prefix, counter))
+end
+"""
+
+
+def wrk(url: str, connections: int, seconds: float, headers: dict[str, str], *, post_prefix: str | None = None,
+        work: Path) -> dict:
+    cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency", "--timeout", "10s"]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    if post_prefix is not None:
+        script = work / f"post-{post_prefix}.lua"
+        script.write_text(f'prefix = "{post_prefix}"\n' + POST_LUA)
+        cmd += ["-s", str(script), "-H", "Content-Type: application/json"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {p: float(v) * _UNIT[u] for p, v, u in _LAT.findall(out)}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"), "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+# --------------------------------------------------------------------------------- Kahuna
+
+def request(base: str, method: str, path: str, body=None, *, key: str | None = MASTER_KEY, pool=None):
+    import urllib3
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["X-API-Key"] = key
+    resp = (pool or urllib3).request(method, base + path, body=None if body is None else json.dumps(body),
+                                     headers=headers, retries=False, timeout=30)
+    if resp.status >= 300:
+        raise RuntimeError(f"{method} {path}: {resp.status} {resp.data[:300]!r}")
+    return json.loads(resp.data) if resp.data else None
+
+
+def seed_users(config: Path, n: int, *, admin: bool = False, with_password: bool = False,
+               users: bool = True) -> list[tuple[str, str, str]]:
+    """`n` enabled users, each with an API key, written through Kahuna's store in this process
+    while the daemon is stopped (a bulk load: through the API each user would be mailed): the
+    documents `apikeys.issue_key` makes (a token with the key's keyed digest), inserted by 8
+    tasks at once. `users=False`: the keys only (their users are never read; the embedded
+    store's fsync per insert makes 10,000 users cost ~50 s more). Answers (id, email, key)."""
+    import trio
+
+    from kahuna import config as kahuna_config
+    from kahuna.auth import apikeys, passwords
+    from kahuna.auth.secrets import generate_key
+    from kahuna.resources.service import utcnow
+    from kahuna.server import prepared_store
+    from kahuna.store.base import new_id
+
+    cfg, _ = kahuna_config.load(config)
+    out: list[tuple[str, str, str]] = []
+
+    async def main():
+        async with prepared_store(cfg) as store:
+            hashed = await passwords.hash_password(PASSWORD) if with_password else ""
+            todo = iter(range(n))
+
+            async def worker():
+                for i in todo:
+                    now = utcnow()
+                    uid, key = new_id(), generate_key(apikeys.KEY_LENGTH)
+                    email = f"bench-{uid}@acme.test"
+                    base = {"schema_version": 2, "created_at": now, "updated_at": now, "description": ""}
+                    if users:
+                        await store.insert("user", {**base, "_id": uid, "name": f"bench-{i}", "email": email,
+                                                    "role": "superAdmin" if admin else "user",
+                                                    "enabled": True, "notifications_enabled": False,
+                                                    "team_ids": [], "password_hash": hashed})
+                    await store.insert(apikeys.TOKEN_KIND, {
+                        **base, "_id": new_id(), "name": f"bench-{i}", "parent_type": "user", "user_id": uid,
+                        "key_digest": apikeys.digest(SERVER_SECRET, key), "expire": False,
+                        "expiration_date": None})
+                    out.append((uid, email, key))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(worker)
+
+    trio.run(main)
+    return out
+
+
+def jwt_of(base: str, email: str) -> str:
+    import urllib3
+    resp = urllib3.request("POST", base + "/login", body=json.dumps({"email": email, "password": PASSWORD}),
+                           headers={"Content-Type": "application/json"}, retries=False, timeout=30)
+    assert resp.status == 200, resp.data
+    return json.loads(resp.data)["jwt"]
+
+
+def bench_store(store: str, work: Path, seconds: float, floor_url: str) -> list[dict]:
+    rows: list[dict] = []
+    with ExitStack() as stack:
+        db = None
+        if store == "mongo":
+            nx = stack.enter_context(nx_server())
+            db = {"uri": nx.uri, "name": "bench"}
+        sdir = work / store
+        sdir.mkdir()
+        config = write_config(sdir / "kahuna.yml", sdir / "data", db=db, jwt={"signature": JWT_SIGNATURE},
+                              serverSecret=SERVER_SECRET)
+        say(f"{store}: seeding 10 users with API keys (one superAdmin, one with a password)")
+        t0 = time.monotonic()
+        admins = seed_users(config, 1, admin=True)
+        readers = seed_users(config, 1, with_password=True) + seed_users(config, 8)
+        say(f"{store}: seeded in {time.monotonic() - t0:.1f} s")
+        kahuna = stack.enter_context(Kahuna(sdir, config))
+        base = kahuna.api
+        import urllib3
+        pool = urllib3.PoolManager(maxsize=4)
+        region = request(base, "POST", "/region", {"name": "bench-read", "domain": "bench.test"}, pool=pool)
+        t0 = time.monotonic()
+        for i in range(LIST_SIZE):
+            request(base, "POST", f"/region/{region['id']}/zone", {"name": f"z{i}"}, pool=pool)
+        say(f"{store}: {LIST_SIZE} zones created in {time.monotonic() - t0:.1f} s")
+        key = readers[1][2]
+        token = jwt_of(base, readers[0][1])
+        read_url = f"{base}/region/{region['id']}"
+        list_url = f"{base}/region/{region['id']}/zones"
+        assert len(request(base, "GET", f"/region/{region['id']}/zones", key=key)) == LIST_SIZE
+
+        def measure(what: str, url: str, headers: dict, c: int, **kw) -> None:
+            """Paired with the floor at the same concurrency, right after: the machine is shared,
+            so a ratio is only fair between figures taken within seconds of each other."""
+            r = wrk(url, c, seconds, headers, work=work, **kw)
+            f = wrk(floor_url, c, seconds, {}, work=work)
+            r.update(store=store, what=what, c=c, floor_rps=f["rps"], ratio=r["rps"] / f["rps"])
+            rows.append(r)
+            say(f"{store} {what:<22} c={c:<3} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                f"p99 {r['p99_ms']:.2f} ms  {r['ratio']:.0%} of floor"
+                + (f"  NON-2XX {r['non_2xx']}" if r["non_2xx"] else ""))
+
+        for c in CONCURRENCY:
+            measure("read, API key", read_url, {"X-API-Key": key}, c)
+            measure("read, JWT", read_url, {"Authorization": f"Bearer {token}"}, c)
+            measure(f"list {LIST_SIZE} ids, API key", list_url, {"X-API-Key": key}, c)
+            measure("create, API key", f"{base}/region", {"X-API-Key": admins[0][2]}, c,
+                    post_prefix=f"b{c}-{secrets.token_hex(3)}")
+        say(f"{store}: issuing {MANY_KEYS - 10} more API keys")
+        t0 = time.monotonic()
+        kahuna.stop()  # a bulk load next to the daemon's own store
+        many = seed_users(config, MANY_KEYS - 11, users=False) + seed_users(config, 1)
+        kahuna.start()
+        read_url = f"{kahuna.api}/region/{region['id']}"  # new ports after the restart
+        say(f"{store}: {MANY_KEYS} keys in {time.monotonic() - t0:.1f} s")
+        for c in (16,):
+            measure(f"read, API key ({MANY_KEYS} keys)", read_url, {"X-API-Key": key}, c)
+            measure(f"read, newest of {MANY_KEYS} keys", read_url, {"X-API-Key": many[-1][2]}, c)
+    return rows
+
+
+# --------------------------------------------------------------------------------- report
+
+def table(pairs: list[tuple[int, dict, dict]], rows: list[dict]) -> str:
+    lines = ["| what | store | clients | req/s | p50 ms | p99 ms | of floor |", "|---|---|---|---|---|---|---|"]
+    for c, f, m in pairs:
+        lines.append(f"| floor: bare hypercorn + quart-trio | — | {c} | {f['rps']:,.0f} | {f['p50_ms']:.2f} | "
+                     f"{f['p99_ms']:.2f} | 100 % |")
+        lines.append(f"| floor + Kahuna's request-metrics hooks | — | {c} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | "
+                     f"{m['p99_ms']:.2f} | {m['rps'] / f['rps']:.0%} |")
+    for r in rows:
+        lines.append(f"| {r['what']} | {r['store']} | {r['c']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['ratio']:.0%} (floor {r['floor_rps']:,.0f}) |"
+                     + (f" ({r['non_2xx']} non-2xx)" if r["non_2xx"] else ""))
+    return "\n".join(lines)
+
+
+def hook_cost_us(n: int = 200_000) -> float:
+    """CPU per request of what the metrics hooks do (two clock reads, the template memo, a
+    counter increment, a bisect), in µs: the A/B figures of a shared machine are noisier than
+    this cost, so it is measured directly too."""
+    from kahuna.observability.counters import HttpStats
+    stats, memo, clock = HttpStats(), {"/api/v1/region/<regionId>": "/api/v1/region/{regionId}"}, time.perf_counter
+    started = time.process_time()
+    for _ in range(n):
+        t0 = clock()
+        stats.observe(memo.get("/api/v1/region/<regionId>"), "GET", 200, clock() - t0)
+    return (time.process_time() - started) / n * 1e6
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    out = []
+    for r in rows:
+        kind = "create" if r["what"].startswith("create") else "read" if r["what"].startswith("read") else None
+        if kind and r["ratio"] < TARGETS[kind]:
+            out.append(f"MISSED: {r['store']} {r['what']} c={r['c']}: {r['ratio']:.0%} of the floor "
+                       f"(target {TARGETS[kind]:.0%})")
+        if r["what"].startswith("list") and r["c"] == 1 and r["p50_ms"] >= LIST_P50_MS:
+            out.append(f"MISSED: {r['store']} list of {LIST_SIZE} ids: p50 {r['p50_ms']:.1f} ms (target < {LIST_P50_MS} ms)")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    ap.add_argument("--stores", default="embedded,mongo")
+    ap.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--with-metrics", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_floor:
+        serve_floor(args.serve_floor, args.with_metrics)
+        return
+    if not shutil.which("wrk"):
+        sys.exit("bench/api.py needs wrk on PATH (Debian: apt-get install wrk)")
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    try:
+        floor, floor_m = Floor(False), Floor(True)
+        try:
+            pairs = []  # (floor, floor + metrics hooks) at each concurrency, back to back
+            for c in CONCURRENCY:
+                for _ in range(2):
+                    pairs.append((c, wrk(floor.url + "/region/x", c, args.seconds, {}, work=work),
+                                  wrk(floor_m.url + "/region/x", c, args.seconds, {}, work=work)))
+                    say(f"floor c={c:<3} {pairs[-1][1]['rps']:8.0f} req/s, with the metrics hooks "
+                        f"{pairs[-1][2]['rps']:8.0f} req/s")
+            rows = []
+            for store in args.stores.split(","):
+                rows += bench_store(store, work, args.seconds, floor.url + "/region/x")
+        finally:
+            floor.stop()
+            floor_m.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"\nREST benchmark, {when}, {os.cpu_count()} cores, wrk 1 thread keep-alive, "
+          f"{args.seconds:g} s per figure ({time.monotonic() - started:.0f} s in all)\n")
+    print(table(pairs, rows))
+    cost = hook_cost_us()
+    floor_us = 1e6 / max(f["rps"] for c, f, _ in pairs if c == 1)
+    print(f"\nrequest-metrics work: {cost:.2f} µs per request = {cost / floor_us:.2%} of the floor's "
+          f"fastest request ({floor_us:.0f} µs)")
+    for line in verdicts(rows) or ["every target met"]:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
