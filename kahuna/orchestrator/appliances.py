@@ -24,6 +24,7 @@ modules (kahuna.resources.kawaii, kahuna.resources.konvey).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Any
@@ -50,9 +51,15 @@ _NOT_HOST = re.compile(r"[^a-z0-9-]+")
 
 def host_name(*parts: str) -> str:
     """An instance (and agent) name that is a valid host name: lower case, `-` for anything
-    else, at most 63 characters (the names of projects and zones may hold spaces or dots)."""
-    text = "-".join(_NOT_HOST.sub("-", p.lower()).strip("-") for p in parts if p)
-    return re.sub(r"-{2,}", "-", text)[:63].strip("-") or "appliance"
+    else, at most 63 characters (the names of projects and zones may hold spaces or dots); the
+    last part (the appliance's number) is never cut off."""
+    clean = [re.sub(r"-{2,}", "-", _NOT_HOST.sub("-", p.lower())).strip("-") for p in parts if p]
+    clean = [c for c in clean if c] or ["appliance"]
+    last, head = clean[-1][:40], "-".join(clean[:-1])
+    if len(head) + 1 + len(last) > 63:  # shortened, with a digest of the whole so names stay apart
+        digest = hashlib.sha256(head.encode()).hexdigest()[:8]
+        head = f"{head[:62 - len(last) - 9].strip('-')}-{digest}"
+    return f"{head}-{last}" if head else last
 
 
 def _prefix(cidr: str) -> int:
@@ -69,10 +76,10 @@ def _first_address(adapter: Doc, what: str) -> str:
 def _appliance_spec(doc: Doc, *, profile: str, name: str, zone_id: str, exclude=frozenset(),
                     peering_subnet_ids=()):
     return komputes.KomputeSpec(project_id=doc["project_id"], region_id=doc["region_id"], zone_id=zone_id,
-                         name=name, vcpus=VCPUS, memory=MEMORY, disk=DISK, public=False,
-                         description=f"{profile} appliance of {doc['name']}", profile=profile,
-                         profile_id=doc["_id"], exclude_kaktus_ids=frozenset(exclude),
-                         peering_subnet_ids=tuple(peering_subnet_ids))
+                                name=name, vcpus=VCPUS, memory=MEMORY, disk=DISK, public=False,
+                                description=f"{profile} appliance of {doc['name']}", profile=profile,
+                                profile_id=doc["_id"], exclude_kaktus_ids=frozenset(exclude),
+                                peering_subnet_ids=tuple(peering_subnet_ids))
 
 
 async def _appliance(res, flow: Flow, spec) -> Doc:

@@ -140,3 +140,12 @@ def test_psk_sealed_and_shown_only_to_its_admins():
     assert ipsec_psk.psk_for(member_user, project, SECRET, doc) == ipsec_psk.MASK
     assert ipsec_psk.psk_for(outsider, project, SECRET, doc) == ipsec_psk.MASK
     assert ipsec_psk.psk_for(None, project, SECRET, doc) == ipsec_psk.MASK
+
+
+def test_appliance_names_are_host_names_kept_apart():
+    from kahuna.orchestrator.appliances import host_name
+
+    assert host_name("kawaii-My Project", "Zone.A", "1") == "kawaii-my-project-zone-a-1"
+    long_a, long_b = host_name("konvey", "p" * 80, "web", "2"), host_name("konvey", "p" * 80, "api", "2")
+    assert len(long_a) == 63 and long_a.endswith("-2") and long_a != long_b
+    assert host_name("", "--", "") == "appliance"
