@@ -47,7 +47,7 @@ def install(table, *, resources, server_secret: str) -> None:
             wait = per_instance.take(str(caller.instance["_id"]))
             if wait:
                 raise throttled(wait, "for this instance")
-            body = await profile.build(resources.store, caller.instance, server_secret=server_secret)
+            body = await profile.build(resources, caller.instance, server_secret=server_secret)
         except DomainError as exc:
             if exc.status in (401, 403):
                 failures.take(address)

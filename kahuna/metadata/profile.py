@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 from kahuna.metadata.identify import instance_region
 from kahuna.resources.appliance_fields import dh_group_name
+from kahuna.resources.cost import instance_cost
 from kahuna.resources.ipsec_psk import open_psk
 from kahuna.store import errors as store_errors
 from kahuna.store.base import is_valid_id
@@ -81,15 +82,17 @@ def _int(value: Any) -> int:
         return 0
 
 
-async def build(store, instance: Doc, *, server_secret: str = "") -> dict[str, Any]:
-    """The profile of `instance`; `server_secret` opens sealed IPsec pre-shared keys."""
+async def build(res, instance: Doc, *, server_secret: str = "") -> dict[str, Any]:
+    """The profile of `instance` (`res`: the resources service); `server_secret` opens sealed
+    IPsec pre-shared keys."""
+    store = res.store
     project = await _get(store, "project", instance.get("project_id"))
     kaktus = await _get(store, "kaktus", instance.get("kaktus_id"))
     zone = await _get(store, "zone", instance.get("zone_id") or kaktus.get("zone_id"))
     region_id = await instance_region(store, instance)
     region = await _get(store, "region", region_id)
     subnet = await _private_subnet(store, project, region_id)
-    cost = instance.get("cost") or {}
+    cost = await instance_cost(res, {**instance, "zone_id": instance.get("zone_id") or zone.get("_id")})
     out: dict[str, Any] = {
         "instance-id": str(instance["_id"]),
         "local-hostname": _name(instance),
@@ -100,7 +103,7 @@ async def build(store, instance: Doc, *, server_secret: str = "") -> dict[str, A
         "local-ipv4": await local_ip(store, instance),
         "subnet_cidr": _str(subnet.get("cidr")),
         "template": await _template_name(store, instance),
-        "monthly_cost": f"{float(cost.get('price') or 0.0):f} {cost.get('currency') or 'EUR'}",
+        "monthly_cost": f"{float(cost['price']):f} {cost['currency']}",  # from the current Kaktus prices
         "project": _name(project),
         "domain": _str(project.get("domain")),
         "zone": _name(zone),

@@ -178,6 +178,16 @@ def test_the_profile_follows_api_changes(kahuna, world, admin):
     body = read(kahuna, alpha)
     assert (body["project"], body["tags"], body["description"]) == (renamed, ["web", "blue"], "alpha, renamed project")
     assert read(kahuna, world["gamma"])["project"] == world["p2"].name
+    # the monthly cost follows the hosts' prices (gamma is p2's only instance, storage is free here)
+    gamma = world["gamma"]
+    assert read(kahuna, gamma)["monthly_cost"] == f"{0.0:f} EUR"
+    kaktus = kowabunga.KaktusApi(admin)
+    node = kaktus.read_kaktus(world["nodes"][1])
+    kaktus.update_kaktus(node.id, kowabunga.KaktusUpdate(
+        name=node.name, agents=node.agents, cpu_cost=kowabunga.Cost(price=640, currency="CHF"),
+        memory_cost=kowabunga.Cost(price=0, currency="CHF")))
+    cost = projects.read_project_cost(world["p2"].id)
+    assert cost.price > 0 and read(kahuna, gamma)["monthly_cost"] == f"{cost.price:f} CHF"
 
 
 # ------------------------------------------------------------------------------------- appliances
