@@ -394,11 +394,30 @@ async def update(res, old: Doc, new: Doc) -> None:
         raise
     await flow.finish()
     await detach(res, new["_id"], [v for v in old.get("volume_ids") or () if v not in new["volume_ids"]])
+    if new.get("local_ip") != old.get("local_ip"):
+        await _move_record(res, old, new)
     if hardware:
         state = await host.state(new["name"])
         if state not in STOPPED:
             await host.shut_down(new["name"], shutdown_grace(res))
             await host.restore(new["name"], state)
+
+
+async def _move_record(res, old: Doc, new: Doc) -> None:
+    """The A record follows the private address (best effort: a Kiwi that missed it gets it
+    from its next Reload, which is built from the instances)."""
+    domain = (await res.get("project", new["project_id"])).get("domain") or ""
+    if not domain:
+        return
+    where = {"region_id": new["region_id"], "domain": domain, "name": new["name"]}
+    if old.get("local_ip"):
+        await dns.instance_record_deleted(res, **where)
+    if new.get("local_ip"):
+        try:
+            await dns.instance_record_created(res, **where, addresses=[new["local_ip"]])
+        except DomainError as exc:
+            log.warning("instance record not pushed; Kiwi catches up at its next reload", instance=new["_id"],
+                        error=exc.reason)
 
 
 async def _update(res, flow: Flow, old: Doc, new: Doc, dv: int, dm: int) -> Host:

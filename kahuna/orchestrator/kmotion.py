@@ -203,7 +203,7 @@ async def commit(res, instance_id: str, plan_id: str) -> None:
                 "target_id": doc["target_id"], "live": live})
             async with res.locks.hold(PLACEMENT_LOCK):  # checked and reserved as one, as placement does
                 target = await res.get("kaktus", doc["target_id"])
-                request = await _request(res, instance, bool(doc["live"]))
+                request = await _request(res, instance, live)
                 await check_target(res, request, target, await res.get("zone", target["zone_id"]))
                 await _usage(res, instance, target["_id"], 1, reserved=True)
             if live:

@@ -158,3 +158,22 @@ def test_a_komputes_instance_is_managed_through_its_kompute(kahuna, world):
         code, answer = http(kahuna, method, f"/instance/{iid}", body)
         assert code == 409 and "Kompute kp1" in answer["reason"], answer
     assert http(kahuna, "DELETE", f"/kompute/{vm['id']}")[0] == 200
+
+
+def test_instance_dns_record_follows_its_private_address(kahuna, world, kiwi, corp):
+    osv = _volume(kahuna, world, "dn-root", "os", 4 * GiB, project=corp["id"])
+    first, second = (_adapter(kahuna, corp["subnet"], f"dn-nic{i}") for i in (1, 2))
+    code, vm = http(kahuna, "POST", f"/project/{corp['id']}/zone/{world['zone']}/instance",
+                    {"name": "dn1", "memory": GiB, "vcpus": 1, "volumes": [osv], "adapters": [first["id"]]})
+    assert code == 201, vm
+    assert kiwi.resolve("dn1.corp.test") == first["addresses"]
+    code, out = http(kahuna, "PUT", f"/instance/{vm['id']}", {"adapters": [second["id"]]})
+    assert code == 200 and out["adapters"] == [second["id"]], out
+    assert kiwi.resolve("dn1.corp.test") == second["addresses"]
+    assert [n["mac"] for n in world["kaktus"].domain("dn1")["nics"]] == [second["mac"]]
+    iso = stored(kahuna, "instance", vm["id"])["iso_volume"]
+    assert second["addresses"][0] in world["kaktus"].iso_files("ssd", iso)["network-config"]
+    assert http(kahuna, "DELETE", f"/instance/{vm['id']}")[0] == 200
+    assert kiwi.resolve("dn1.corp.test") == []
+    for path in (f"/volume/{osv}", f"/adapter/{first['id']}", f"/adapter/{second['id']}"):
+        assert http(kahuna, "DELETE", path)[0] == 200
