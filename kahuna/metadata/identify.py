@@ -98,13 +98,14 @@ async def _instance(store, instance_id: str) -> dict[str, Any] | None:
         raise Unavailable(f"database unavailable: {exc}") from None
 
 
-async def _get(store, collection: str, doc_id: Any) -> dict[str, Any] | None:
+async def get_doc(store, collection: str, doc_id: Any) -> dict[str, Any]:
+    """The document, or {} when the id is not a valid id or names nothing."""
     if not is_valid_id(doc_id):
-        return None
+        return {}
     try:
         return await store.get(collection, doc_id)
     except store_errors.NotFound:
-        return None
+        return {}
 
 
 async def instance_region(store, instance: Mapping[str, Any]) -> str | None:
@@ -113,9 +114,9 @@ async def instance_region(store, instance: Mapping[str, Any]) -> str | None:
         return instance["region_id"]
     zone_id = instance.get("zone_id")
     if not zone_id:
-        kaktus = await _get(store, "kaktus", instance.get("kaktus_id"))
+        kaktus = await get_doc(store, "kaktus", instance.get("kaktus_id"))
         zone_id = kaktus.get("zone_id") if kaktus else None
-    zone = await _get(store, "zone", zone_id)
+    zone = await get_doc(store, "zone", zone_id)
     return zone.get("region_id") if zone else None
 
 

@@ -23,12 +23,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Mapping
 
-from kahuna.metadata.identify import instance_region
+from kahuna.metadata.identify import APPLIANCES, get_doc, instance_region
 from kahuna.resources.appliance_fields import dh_group_name
 from kahuna.resources.cost import instance_cost
 from kahuna.resources.ipsec_psk import open_psk
-from kahuna.store import errors as store_errors
-from kahuna.store.base import is_valid_id
 
 GiB = 1 << 30
 PUBLIC_IF, PRIVATE_IF = "ens3", "ens4"
@@ -58,15 +56,6 @@ ANYWHERE = "0.0.0.0/0"
 Doc = Mapping[str, Any]
 
 
-async def _get(store, collection: str, doc_id: Any) -> dict[str, Any]:
-    if not is_valid_id(doc_id):
-        return {}
-    try:
-        return await store.get(collection, doc_id)
-    except store_errors.NotFound:
-        return {}
-
-
 def _name(doc: Doc) -> str:
     return str(doc.get("name") or "")
 
@@ -86,13 +75,14 @@ async def build(res, instance: Doc, *, server_secret: str = "") -> dict[str, Any
     """The profile of `instance` (`res`: the resources service); `server_secret` opens sealed
     IPsec pre-shared keys."""
     store = res.store
-    project = await _get(store, "project", instance.get("project_id"))
-    kaktus = await _get(store, "kaktus", instance.get("kaktus_id"))
-    zone = await _get(store, "zone", instance.get("zone_id") or kaktus.get("zone_id"))
+    project = await get_doc(store, "project", instance.get("project_id"))
+    kaktus = await get_doc(store, "kaktus", instance.get("kaktus_id"))
+    zone_id = instance.get("zone_id") or kaktus.get("zone_id")
+    zone = await get_doc(store, "zone", zone_id)
     region_id = await instance_region(store, instance)
-    region = await _get(store, "region", region_id)
+    region = await get_doc(store, "region", region_id)
     subnet = await _private_subnet(store, project, region_id)
-    cost = await instance_cost(res, {**instance, "zone_id": instance.get("zone_id") or zone.get("_id")})
+    cost = await instance_cost(res, {**instance, "zone_id": zone_id})
     out: dict[str, Any] = {
         "instance-id": str(instance["_id"]),
         "local-hostname": _name(instance),
@@ -117,7 +107,7 @@ async def build(res, instance: Doc, *, server_secret: str = "") -> dict[str, Any
     kind, doc = appliance
     out["peers"] = await _peers(store, doc, instance)
     if kind == "kawaii":
-        out["kawaii"] = await _kawaii(store, doc, instance.get("zone_id") or zone.get("_id"), subnet, server_secret)
+        out["kawaii"] = await _kawaii(store, doc, zone_id, subnet, server_secret)
     else:
         out["konvey"] = await _konvey(store, doc, instance, subnet)
     return out
@@ -127,9 +117,9 @@ async def owned_appliance(store, instance: Doc) -> tuple[str, dict[str, Any]] | 
     """("kawaii"|"konvey", its document) when `instance` is one of that appliance's instances
     of the same project; else None (no appliance part, no secret)."""
     kind = instance.get("profile")
-    if kind not in ("kawaii", "konvey"):
+    if kind not in APPLIANCES:
         return None
-    doc = await _get(store, kind, instance.get("profile_id"))
+    doc = await get_doc(store, kind, instance.get("profile_id"))
     if not doc or not doc.get("project_id") or doc.get("project_id") != instance.get("project_id"):
         return None
     return kind, doc
@@ -137,7 +127,7 @@ async def owned_appliance(store, instance: Doc) -> tuple[str, dict[str, Any]] | 
 
 async def _private_subnet(store, project: Doc, region_id: Any) -> dict[str, Any]:
     subnets = project.get("private_subnets") or {}
-    return await _get(store, "subnet", subnets.get(region_id) if isinstance(subnets, dict) else None)
+    return await get_doc(store, "subnet", subnets.get(region_id) if isinstance(subnets, dict) else None)
 
 
 async def local_ip(store, instance: Doc) -> str:
@@ -146,7 +136,7 @@ async def local_ip(store, instance: Doc) -> str:
     if instance.get("local_ip"):
         return str(instance["local_ip"])
     for adapter_id in instance.get("adapter_ids") or ():
-        adapter = await _get(store, "adapter", adapter_id)
+        adapter = await get_doc(store, "adapter", adapter_id)
         for address in adapter.get("addresses") or ():
             try:
                 if ipaddress.ip_address(address).is_private:
@@ -158,9 +148,9 @@ async def local_ip(store, instance: Doc) -> str:
 
 async def _template_name(store, instance: Doc) -> str:
     for volume_id in instance.get("volume_ids") or []:
-        volume = await _get(store, "volume", volume_id)
+        volume = await get_doc(store, "volume", volume_id)
         if volume.get("type") == "os":
-            return _name(await _get(store, "template", volume.get("template_id")))
+            return _name(await get_doc(store, "template", volume.get("template_id")))
     return ""
 
 
@@ -174,7 +164,7 @@ async def _peers(store, appliance: Doc, instance: Doc) -> list[str]:
     for instance_id in _appliance_instance_ids(appliance):
         if instance_id == str(instance["_id"]):
             continue
-        address = await local_ip(store, await _get(store, "instance", instance_id))
+        address = await local_ip(store, await get_doc(store, "instance", instance_id))
         if address:
             peers.add(address)
     return sorted(peers)
@@ -205,7 +195,7 @@ def _except(policy: Any) -> str:
 
 async def _kawaii(store, kawaii: Doc, zone_id: Any, subnet: Doc, server_secret: str) -> dict[str, Any]:
     public = sorted(str(a) for a in kawaii.get("public_vips") or () if a)
-    public_subnet = await _get(store, "subnet", kawaii.get("public_subnet_id"))
+    public_subnet = await get_doc(store, "subnet", kawaii.get("public_subnet_id"))
     firewall = kawaii.get("firewall") or {}
     policy = _str(firewall.get("egress_policy")) or "accept"
     fw_in = [rule(iifname=PUBLIC_IF, oifname=PUBLIC_IF, source_ip=r.get("source") or ANYWHERE,
@@ -254,7 +244,7 @@ async def _forward_rules(store, peerings: list[Doc], subnet: Doc) -> list[dict[s
     private = _str(subnet.get("cidr"))
     for i, peering in enumerate(peerings):
         iface = _peering_if(i)
-        peer = _str((await _get(store, "subnet", peering.get("subnet"))).get("cidr"))
+        peer = _str((await get_doc(store, "subnet", peering.get("subnet"))).get("cidr"))
         action = _except(peering.get("policy") or "drop")
         for r in peering.get("ingress") or ():
             out.append(rule(iifname=PRIVATE_IF, oifname=iface, source_ip=private, destination_ip=peer,
@@ -296,7 +286,7 @@ def _ipsec(doc: Doc, server_secret: str) -> dict[str, Any]:
 
 
 async def _konvey(store, konvey: Doc, instance: Doc, project_subnet: Doc) -> dict[str, Any]:
-    subnet = await _get(store, "subnet", konvey.get("subnet_id")) or project_subnet
+    subnet = await get_doc(store, "subnet", konvey.get("subnet_id")) or project_subnet
     members = _appliance_instance_ids(konvey)
     priority = MASTER if members and members[0] == str(instance["_id"]) else BACKUP
     endpoints = []
