@@ -6,13 +6,16 @@ description does not; a volume detached), delete (volumes detached, not deleted;
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import kowabunga
 import pytest
 from kowabunga.exceptions import ApiException
 
 from agent.sim.model import GiB
 from tests.conftest import make_client
-from tests.infra.helpers import http, stored
+from tests.infra.helpers import http, stored, wait_for
 
 
 def _volume(kahuna, world, name: str, vtype: str, size: int, project: str | None = None) -> str:
@@ -177,3 +180,52 @@ def test_instance_dns_record_follows_its_private_address(kahuna, world, kiwi, co
     assert kiwi.resolve("dn1.corp.test") == []
     for path in (f"/volume/{osv}", f"/adapter/{first['id']}", f"/adapter/{second['id']}"):
         assert http(kahuna, "DELETE", path)[0] == 200
+
+
+def test_sigkill_during_an_instance_create_and_delete_is_recovered(kahuna, world, kiwi):
+    """Killed once the agent did the work but before Kahuna heard back: the create is undone (no
+    domain, no ISO, volume free, usage back), the delete is finished (volume free, document gone)."""
+    k = world["kaktus"]
+    new_root = _volume(kahuna, world, "sk-new", "os", 4 * GiB)
+    old_root = _volume(kahuna, world, "sk-old", "os", 4 * GiB)
+    code, old = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/instance",
+                     {"name": "sk-old", "memory": GiB, "vcpus": 1, "volumes": [old_root]})
+    assert code == 201, old
+    k.faults.delay_reply("CreateInstance", 30.0, when=lambda p: p.get("Name") == "sk-new")
+    k.faults.delay_reply("DeleteInstance", 30.0, when=lambda p: p.get("Name") == "sk-old")
+    threads = [threading.Thread(target=_quietly, args=(http, kahuna, *call)) for call in (
+        ("POST", f"/project/{world['project']}/zone/{world['zone']}/instance",
+         {"name": "sk-new", "memory": GiB, "vcpus": 1, "volumes": [new_root]}),
+        ("DELETE", f"/instance/{old['id']}", None))]
+    for t in threads:
+        t.start()
+    wait_for(lambda: k.domain("sk-new") and not k.domain("sk-old"), "the sim to define sk-new and undefine sk-old")
+    kahuna.proc.send_signal(signal.SIGKILL)
+    kahuna.proc.wait(10)
+    for sim in (k, kiwi):
+        sim.faults.clear()
+    for t in threads:
+        t.join(30)
+    kahuna.start()
+    for sim in (k, kiwi):
+        sim.start(f"ws://127.0.0.1:{kahuna.hub_port}/ws")
+
+    def recovered():
+        return (k.domain("sk-new") is None and not [n for n in k.images("ssd") if n.endswith("-cloudinit")]
+                and stored(kahuna, "instance", old["id"]) is None and http(kahuna, "GET", "/instance")[1] == []
+                and stored(kahuna, "volume", new_root)["instance_id"] == ""
+                and stored(kahuna, "volume", old_root)["instance_id"] == ""
+                and http(kahuna, "GET", f"/project/{world['project']}/usage")[1] == {
+                    "vcpus": 0, "memory": 0, "storage": 8 * GiB, "instances": 0})
+    wait_for(recovered, "the restarted Kahuna to undo the create and finish the delete", timeout=30)
+    assert stored(kahuna, "kaktus", world["kaktus_id"])["usage"] == {"vcpus": 0, "memory": 0, "instances": 0}
+    k.wait_connected()
+    for vid in (new_root, old_root):
+        assert http(kahuna, "DELETE", f"/volume/{vid}")[0] == 200
+
+
+def _quietly(fn, *args):
+    try:
+        fn(*args)
+    except Exception:  # the daemon is killed under the request
+        pass
