@@ -1,7 +1,7 @@
 """Instance metadata end to end (issue 10): Komputes and appliances created through the official
-client against a real Kahuna and an in-process simulated Kaktus; each instance's token is read
-back from the cloud-init `meta-data` of the ISO the Kaktus was given, then the profile is read
-over real HTTP the way the instance would.
+client against a real Kahuna and in-process simulated Kaktus agents (two zones); each instance's
+token is read back from the cloud-init `meta-data` of the ISO the Kaktus was given, then the
+profile is read over real HTTP the way the instance would (and by a simulated Kontroller).
 
 The instances' private addresses are RFC 1918 (the project subnets are 10.70.x.0/24), which a
 test cannot bind on loopback: the requests come through a trusted front proxy instead
@@ -21,8 +21,8 @@ import yaml
 
 from agent.sim.harness import SimHost
 from agent.sim.model import GiB
-from tests.identity.helpers import PUBLIC_URL, identity_config
 from kahuna.metadata.profile import BASE_FIELDS, IPSEC_FIELDS, KAWAII_FIELDS, KONVEY_FIELDS, NAT_FIELDS, VIP_FIELDS
+from tests.identity.helpers import PUBLIC_URL, identity_config
 from tests.infra.helpers import CALL_TIMEOUT, stored, unique
 from tests.kahuna_proc import Kahuna
 from tests.metadata.helpers import BASE_TYPES, KAWAII_LISTS, PATH, VIP_TYPES, check_types, conn, get
