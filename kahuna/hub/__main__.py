@@ -96,21 +96,15 @@ class Control:
         ids = self.hub.connected_ids()
         counts = {"replies": 0, "mismatches": 0}
         errors: dict[str, int] = {}
-
-        async def one(agent_id: str) -> None:
-            try:
-                result = await self.hub.call(agent_id, method, params, timeout)
-            except HubError as exc:
-                key = type(exc).__name__
-                errors[key] = errors.get(key, 0) + 1
-                return
-            counts["replies" if expected is None or result == expected else "mismatches"] += 1
-
         start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for agent_id in ids:
-                nursery.start_soon(one, agent_id)
+        results = await self.hub.call_many(ids, method, params, timeout)   # one loop, one wait
         elapsed = time.perf_counter() - start
+        for result in results.values():
+            if isinstance(result, HubError):
+                key = type(result).__name__
+                errors[key] = errors.get(key, 0) + 1
+            else:
+                counts["replies" if expected is None or result == expected else "mismatches"] += 1
         return {"method": method, "agents": len(ids), **counts, "errors": errors,
                 "elapsed_ms": round(elapsed * 1000, 3)}
 
