@@ -82,6 +82,13 @@ def boot(kahuna, world, instance_name: str):
                                     metadata_url=kahuna.url + METADATA_PATH)
 
 
+def closed(sims) -> None:
+    """The hub closed each appliance's session (its agent went with the appliance); stop them."""
+    for sim in sims:
+        sim.wait_disconnected()
+        sim.stop()
+
+
 def leftovers(kahuna, world, project_id: str, prefix: str) -> dict:
     """What could be left of the appliances whose names start with `prefix`: adapters (VIPs and
     NICs), instances, Komputes, images, domains, Kontroller agents, VRRP ids, unfinished flows."""

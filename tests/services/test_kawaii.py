@@ -16,7 +16,7 @@ from kowabunga.exceptions import ApiException, NotFoundException
 
 from tests.conftest import make_client
 from tests.infra.helpers import http, stored, unique, wait_for
-from tests.services.appliance_world import NOTHING, boot, iso_meta, leftovers
+from tests.services.appliance_world import NOTHING, boot, closed, iso_meta, leftovers
 from tests.services.helpers import flows_left
 
 PSK = "a-long-enough-secret"
@@ -136,9 +136,7 @@ def test_kawaii_life_cycle(kahuna, world, admin):
         states = [s.wait_reloads(5) for s in sims]
         assert states[0]["ipsec"] == []
         assert kawaiis.delete_kawaii(kawaii.id) is None
-        for sim in sims:
-            sim.wait_disconnected()  # its agent went with the appliance: the hub closed the session
-            sim.stop()
+        closed(sims)
         with pytest.raises(NotFoundException):
             kawaiis.read_kawaii(kawaii.id)
     assert leftovers(kahuna, world, project, name) == NOTHING

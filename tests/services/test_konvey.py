@@ -14,7 +14,7 @@ from kowabunga.exceptions import ApiException, NotFoundException
 
 from tests.conftest import make_client
 from tests.infra.helpers import http, stored
-from tests.services.appliance_world import NOTHING, boot, iso_meta, leftovers
+from tests.services.appliance_world import NOTHING, boot, closed, iso_meta, leftovers
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,7 @@ def test_region_konvey_with_failover(kahuna, world, admin):
         assert sims[0].wait_reloads(1)["endpoints"][0]["name"] == "dns"
 
         assert konveys.delete_konvey(lb.id) is None
-        for sim in sims:
-            sim.wait_disconnected()  # its agent went with the appliance: the hub closed the session
-            sim.stop()
+        closed(sims)
         with pytest.raises(NotFoundException):
             konveys.read_konvey(lb.id)
     assert leftovers(kahuna, world, project, prefix) == NOTHING
