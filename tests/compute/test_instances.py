@@ -229,3 +229,22 @@ def _quietly(fn, *args):
         fn(*args)
     except Exception:  # the daemon is killed under the request
         pass
+
+
+def test_instances_join_kwarantine_groups(kahuna, world):
+    roots = [_volume(kahuna, world, f"kq{i}-root", "os", 4 * GiB) for i in (1, 2)]
+    code, group = http(kahuna, "POST", f"/project/{world['project']}/kwarantine", {"name": "kq"})
+    assert code == 201, group
+    base = f"/project/{world['project']}/zone/{world['zone']}/instance"
+    code, a = http(kahuna, "POST", base, {"name": "kq1", "memory": GiB, "vcpus": 1, "volumes": [roots[0]],
+                                          "kwarantines": [group["id"]]})
+    assert code == 201 and a["kwarantines"] == [group["id"]], a
+    assert http(kahuna, "GET", f"/kwarantine/{group['id']}")[1]["instances"] == [a["id"]]
+    code, body = http(kahuna, "POST", base, {"name": "kq2", "memory": GiB, "vcpus": 1, "volumes": [roots[1]],
+                                             "kwarantines": [group["id"]]})
+    assert code == 507 and "kq" in body["reason"], body  # the only Kaktus holds the other member
+    assert stored(kahuna, "volume", roots[1])["instance_id"] == ""
+    assert http(kahuna, "DELETE", f"/instance/{a['id']}")[0] == 200
+    assert http(kahuna, "GET", f"/kwarantine/{group['id']}")[1]["instances"] == []
+    for path in [f"/volume/{v}" for v in roots] + [f"/kwarantine/{group['id']}"]:
+        assert http(kahuna, "DELETE", path)[0] == 200
