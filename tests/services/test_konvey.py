@@ -13,7 +13,7 @@ import pytest
 from kowabunga.exceptions import ApiException, NotFoundException
 
 from tests.conftest import make_client
-from tests.infra.helpers import http, stored
+from tests.infra.helpers import http, stored, wait_for
 from tests.services.appliance_world import NOTHING, boot, closed, iso_meta, leftovers
 
 
@@ -107,6 +107,19 @@ def test_zone_konvey(kahuna, world, admin):
         assert projects.list_project_zone_konveys(project, zone) == [lb.id]
         assert projects.list_project_zone_konveys(project, world["zones"][1]) == []
         assert projects.list_project_region_konveys(project, world["region"]) == [lb.id]
+
+        # a Reload the appliance fails is logged, not fatal: the update stands
+        sim = boot(kahuna, world, doc["appliances"][0]["name"])
+        try:
+            sim.wait_reloads(1)
+            sim.faults.fail("Reload", "keepalived: config test failed", times=1)
+            updated = kowabunga.KonveyApi(member).update_konvey(lb.id, kowabunga.KonveyUpdate(
+                endpoints=[endpoint("pg", 5433, ("10.70.1.30",), 5432)]))
+            assert updated.endpoints[0].port == 5433
+            wait_for(lambda: len(sim.calls("Reload")) == 2, "the failed Reload")
+            assert sim.state()["reloads"] == 1
+        finally:
+            sim.stop()
 
         # failover in a zone with a single Kaktus: no second host, nothing left behind
         with pytest.raises(ApiException) as err:
