@@ -178,3 +178,54 @@ def test_the_inventory_is_loaded_from_the_store_at_start(kahuna, admin):
     while value(scrape(kahuna)[1], "kowabunga_regions", name=name) != 1.0:
         assert time.monotonic() < deadline, "the region's series did not come back after a restart"
         time.sleep(0.05)
+
+
+def test_inventory_sums_counts_and_follows_renames_without_the_daemon():
+    """The inventory's bookkeeping on documents as the store writes them (sans I/O): counts are
+    sums of their contributors, names are resolved at scrape time, a series goes with its last
+    contributor."""
+    from kahuna.observability.inventory import Inventory
+
+    inv = Inventory()
+    inv.written("region", {"_id": "r1", "name": "eu"})
+    inv.written("vnet", {"_id": "v1", "region_id": "r1", "private": False})
+    inv.written("vnet", {"_id": "v2", "region_id": "r1", "private": True})
+    inv.written("subnet", {"_id": "s1", "vnet_id": "v1", "cidr": "198.51.100.0/24",
+                           "reserved_ranges": [{"first": "198.51.100.1", "last": "198.51.100.10"}],
+                           "gw_pool": [{"first": "198.51.100.250", "last": "198.51.100.254"}]})
+    inv.written("subnet", {"_id": "s2", "vnet_id": "v2", "cidr": "10.0.0.0/26", "project_id": "p1"})
+    inv.written("adapter", {"_id": "a1", "subnet_id": "s1", "addresses": ["198.51.100.20", "198.51.100.21"]})
+    inv.written("project", {"_id": "p1", "name": "acme", "usage": {"vcpus": 4, "memory": 8, "storage": 16},
+                            "cost": {"price": 12.5, "currency": "EUR"}})
+    for i in (1, 2):
+        inv.written("instance", {"_id": f"i{i}", "name": f"vm{i}", "project_id": "p1", "vcpus": 2,
+                                 "memory": 4, "local_ip": f"10.0.0.{i}"})
+    inv.written("volume", {"_id": "vol1", "project_id": "p1"})
+    inv.written("mail_outbox", {"_id": "m1"})
+    got = inv.samples()
+    assert got["kowabunga_virtual_networks"] == {("eu", "public"): 1.0, ("eu", "private"): 1.0}
+    assert got["kowabunga_public_subnets_ips"] == {("eu", "24", "reserved"): 15.0, ("eu", "24", "allocated"): 2.0,
+                                                    ("eu", "24", "free"): 254.0 - 15 - 2}
+    assert got["kowabunga_private_subnets"] == {("eu", "26", "allocated"): 1.0}
+    assert got["kowabunga_project_instances"] == {("acme",): 2.0}
+    assert got["kowabunga_project_volumes"] == {("acme",): 1.0}
+    assert got["kowabunga_project_estimated_cost"] == {("acme", "EUR"): 12.5}
+    assert got["kowabunga_instance_settings"] == {("vm1", "acme", "", "10.0.0.1"): 1.0,
+                                                  ("vm2", "acme", "", "10.0.0.2"): 1.0}
+    assert inv.outbox_depth() == 1
+
+    inv.written("project", {"_id": "p1", "name": "acme2", "usage": {}})  # a rename relabels the instances
+    inv.deleted("instance", "i2")
+    inv.deleted("adapter", "a1")
+    inv.deleted("mail_outbox", "m1")
+    got = inv.samples()
+    assert got["kowabunga_project_instances"] == {("acme2",): 1.0}
+    assert got["kowabunga_instance_allocated_vcpus"] == {("vm1", "acme2"): 2.0}
+    assert got["kowabunga_public_subnets_ips"][("eu", "24", "free")] == 254.0 - 15
+    assert inv.outbox_depth() == 0
+    inv.deleted("instance", "i1")
+    inv.deleted("volume", "vol1")
+    inv.deleted("project", "p1")
+    got = inv.samples()
+    assert "kowabunga_projects" not in got and "kowabunga_project_instances" not in got
+    assert "kowabunga_instance_settings" not in got
