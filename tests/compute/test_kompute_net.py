@@ -53,6 +53,9 @@ def test_private_and_public_nics_dns_and_network_config(kahuna, world, admin, co
     assert nics["ens4"]["match"]["macaddress"] == private.mac
     assert nics["ens4"]["addresses"] == [f"{vm.ip}/{net.prefixlen}"]
     assert nics["ens4"]["nameservers"]["search"] == ["corp.test"]
+    gateway = (stored(kahuna, "project", corp["id"]).get("zone_gateways") or {}).get(world["zone"])
+    if gateway:  # the project's gateway in this zone (reserved with its subnet) routes the private NIC
+        assert {"to": "default", "via": gateway, "metric": 200} in nics["ens4"]["routes"]
     assert f'kowabunga_local_ip: "{vm.ip}"' in k.iso_files("ssd", "net1-cloudinit")["meta-data"]
     assert kiwi.resolve("net1.corp.test") == [vm.ip]
     kowabunga.KomputeApi(admin).delete_kompute(vm.id)
