@@ -306,18 +306,19 @@ class Session:
     # ------------------------------------------------------------------ task tree
 
     async def run(self, nursery: trio.Nursery) -> None:
-        """The session's whole life in the connection's nursery; returns when it is over."""
-        self._nursery = nursery
-        self._scope = scope = trio.CancelScope()
+        """The session's whole life in the connection's nursery (opened for it alone); returns
+        when it is over, or raises Cancelled into that nursery when the session was cut."""
+        # the nursery's own scope is the session's: cancelling it (abort) or giving it a deadline
+        # (the close exchange) ends the reader and whatever the session was doing, at once
+        self._nursery, self._scope = nursery, nursery.cancel_scope
         try:
-            with scope:
-                if self._close_code is not None:          # closed before it started
-                    code, reason, abort = self._close_code, self._close_reason, self._abort
-                    self._close_code = None
-                    self.close(code, reason or "", abort=abort)
-                self.host.schedule_ping(self)
-                nursery.start_soon(self._start)
-                await self._read_loop()
+            if self._close_code is not None:          # closed before it started
+                code, reason, abort = self._close_code, self._close_reason, self._abort
+                self._close_code = None
+                self.close(code, reason or "", abort=abort)
+            self.host.schedule_ping(self)
+            nursery.start_soon(self._start)
+            await self._read_loop()
         finally:
             self._done = True
             reason = self._end_reason()

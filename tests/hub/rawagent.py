@@ -37,6 +37,12 @@ class RawAgent:
         self._send_lock = trio.Lock()
         self._tx, self._rx = trio.open_memory_channel[Any](math.inf)
         self._parts: list[bytes | str] = []
+        self._reading = trio.Event()
+        self._reading.set()
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (a stalled agent): the hub's writes pile up."""
+        self._reading = trio.Event()
 
     @classmethod
     async def connect(cls, nursery: trio.Nursery, port: int, headers: list[tuple[bytes, bytes]],
@@ -104,6 +110,7 @@ class RawAgent:
                         self.close_code = 1006
                     self.closed.set()
                     return
+                await self._reading.wait()
                 try:
                     data = await self.stream.receive_some(65536)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
