@@ -12,9 +12,10 @@ cloud-init ISO in the OS volume's pool, the domain, start, the Kaktus usage. A f
 anywhere leaves nothing behind.
 
 Update (`PUT /instance/{id}`): vCPUs, memory, volumes, adapters, description, kmotion_enabled.
-Quota for positive deltas; the domain is re-defined (`UpdateInstance`) and power-cycled only
+Quota and the host's room (507) for the growth, as a durable flow up to `UpdateInstance`; the domain is re-defined (`UpdateInstance`) and power-cycled only
 when it runs and its hardware changed (CPU, RAM, disks or NICs: a re-definition is read at the
-next boot, not by an ACPI reboot); the ISO is re-uploaded when what it carries changed.
+next boot, not by an ACPI reboot); the ISO is re-uploaded when what it carries changed and the
+A record follows the private address.
 
 Delete: stop, undefine, ISO, Kwarantine memberships, volumes detached (never deleted: upstream
 §3.5; a Kompute deletes its own), usage given back. A crash in the middle is finished by the
@@ -31,10 +32,9 @@ import trio
 
 from kahuna import cloudinit
 from kahuna.logs import get_logger
-from kahuna.orchestrator import placement, virtxml
+from kahuna.orchestrator import dns, placement, virtxml
 from kahuna.orchestrator.agent_calls import AgentCalls, AgentTimedOut
 from kahuna.orchestrator.flows import Flow, register_undo
-from kahuna.orchestrator import dns
 from kahuna.orchestrator.komputes import (PLACEMENT_LOCK, KomputeEffects, delete_domain, kaktus_usage, refresh_iso,
                                           set_membership)
 from kahuna.orchestrator.volumes import VolumeEffects, delete_image
@@ -180,11 +180,11 @@ def footprint(instance: Doc) -> dict[str, int]:
 
 async def host_usage(res, flow: Flow | None, kaktus_id: str, sign: int, instance: Doc) -> None:
     """Add (sign=1) or remove (-1) the instance's footprint on a Kaktus; recorded on `flow`
-    (undo `kaktus.usage`) before it is done, when there is a flow."""
+    (undo `kaktus.usage`) right after, as a local store change is (never undo what was not done)."""
     used = {k: sign * v for k, v in footprint(instance).items()}
+    await kaktus_usage(res, kaktus_id, used["vcpus"], used["memory"], used["instances"])
     if flow is not None:
         await flow.record(f"usage {kaktus_id}", undo="kaktus.usage", data={"kaktus_id": kaktus_id, **used})
-    await kaktus_usage(res, kaktus_id, used["vcpus"], used["memory"], used["instances"])
 
 
 # ---------------------------------------------------------------------------- agent helpers
@@ -437,13 +437,13 @@ async def _update(res, flow: Flow, old: Doc, new: Doc, dv: int, dm: int) -> Host
             if room.memory and room.free_memory < dm:
                 raise InsufficientResources(f"memory: Kaktus {node['name']} has {max(0, room.free_memory)} "
                                             "bytes of free memory")
+            await kaktus_usage(res, node["_id"], dv, dm, 0)
             await flow.record("host usage", undo="kaktus.usage",
                               data={"kaktus_id": node["_id"], "vcpus": dv, "memory": dm, "instances": 0})
-            await kaktus_usage(res, node["_id"], dv, dm, 0)
     elif dv or dm:
+        await kaktus_usage(res, new["kaktus_id"], dv, dm, 0)
         await flow.record("host usage", undo="kaktus.usage",
                           data={"kaktus_id": new["kaktus_id"], "vcpus": dv, "memory": dm, "instances": 0})
-        await kaktus_usage(res, new["kaktus_id"], dv, dm, 0)
     added = [v for v in volumes if v["_id"] not in (old.get("volume_ids") or ())]
     await flow.record("attach", undo="instance.attach",
                       data={"instance_id": new["_id"], "volume_ids": [v["_id"] for v in added]})
