@@ -12,7 +12,7 @@ from kowabunga.exceptions import ApiException
 
 from agent.sim.model import GiB
 from tests.conftest import make_client
-from tests.infra.helpers import http, stored
+from tests.infra.helpers import http, stored, wait_for
 
 
 def _images(k):
@@ -151,3 +151,20 @@ def test_parallel_komputes_never_exceed_the_quota_and_usage_stays_exact(kahuna, 
     usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
     assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (0, 0, 0, 0)
     assert _images(world["kaktus"]) == set() and not world["kaktus"].domains()
+
+
+def test_a_delete_the_agent_fails_goes_forward_once_it_answers(kahuna, world, admin):
+    """A delete is not undone: the agent's error reaches the client, and the stored delete flow
+    is finished by recovery in the same process as soon as the agent answers again."""
+    k = world["kaktus"]
+    code, body = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
+                      {"name": "del1", "memory": GiB, "vcpus": 1, "disk": 4 * GiB})
+    assert code == 201, body
+    k.faults.fail("DeleteVolume", "rbd: ret=-16, Device or resource busy", times=1)
+    code, failed = http(kahuna, "DELETE", f"/kompute/{body['id']}")
+    assert code == 502 and "Device or resource busy" in failed["reason"], failed
+    wait_for(lambda: http(kahuna, "GET", f"/kompute/{body['id']}")[0] == 404, "the delete to be finished")
+    assert _images(k) == set() and k.domain("del1") is None
+    assert http(kahuna, "GET", "/instance")[1] == [] and http(kahuna, "GET", "/volume")[1] == []
+    usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+    assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (0, 0, 0, 0)
