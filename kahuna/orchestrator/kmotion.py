@@ -57,7 +57,8 @@ async def plan(res, instance: Doc, *, destination: str = "auto", kaktus_id: str 
                kompute: Doc | None = None) -> Doc:
     if destination not in MODES:
         raise Invalid(f"destination: must be one of {', '.join(MODES)}")
-    owner = kompute or instance
+    kompute = kompute or (await res.list("kompute", instance_id=instance["_id"]) or [None])[0]
+    owner = kompute or instance  # a Kompute's own switch counts, whichever route asks
     if not owner.get("kmotion_enabled", True) or not instance.get("kmotion_enabled", True):
         raise Missing(f"kmotion_enabled: kMotion is disabled for {owner['name']}")
     request = await _request(res, instance, live)
@@ -217,8 +218,7 @@ async def commit(res, instance_id: str, plan_id: str) -> None:
             raise
         await flow.finish()
         await _drop_plan(res, plan_id)
-    log.info("kmotion done", instance=instance_id, source=doc["source_id"], target=doc["target_id"],
-             live=bool(doc["live"] and state not in STOPPED))
+    log.info("kmotion done", instance=instance_id, source=doc["source_id"], target=doc["target_id"], live=live)
 
 
 def _expired(doc: Doc) -> bool:

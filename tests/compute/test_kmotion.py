@@ -201,6 +201,8 @@ def test_bad_plans_and_commits(kahuna, world, fleet):
     assert http(kahuna, "PUT", f"/kompute/{kid}", {"kmotion_enabled": False})[0] == 200
     code, answer = http(kahuna, "POST", f"/kompute/{kid}/kmotion/plan", {})
     assert code == 422 and "kmotion_enabled" in answer["reason"], answer
+    code, answer = http(kahuna, "POST", f"/instance/{iid}/kmotion/plan", {})  # its instance neither
+    assert code == 422 and "kmotion_enabled" in answer["reason"], answer
     code, answer = http(kahuna, "POST", f"/instance/{iid}/kmotion/plan", {}, key=None, token=world["outsider"])
     assert code == 404
     for k in (kid, other):
