@@ -42,6 +42,7 @@ from .deadlines import Deadlines
 from .errors import AgentDisconnected, AgentError, AgentNotConnected, CallTimeout, HubError, NoEligibleAgent
 from .handshake import HandshakeSlots, HandshakeVerifier, Identity, Refusal
 from .pending import CallGroup
+from .poller import Poller
 from .registry import Registry
 from .session import CLOSE_CREDENTIALS, CLOSE_GOING_AWAY, CLOSE_REPLACED, ConnectHook, Session
 from .settings import HubSettings
@@ -108,6 +109,7 @@ class Hub:
                                           clock_skew=self.settings.clock_skew,
                                           nonce_cache_size=self.settings.nonce_cache_size)
         self.deadlines = Deadlines()
+        self.poller = Poller()
         self._port = _SessionPort(self)
         self._rng = rng or random.Random()
         self._hooks: dict[str, list[ConnectHook]] = {}
@@ -145,6 +147,7 @@ class Hub:
                 async with trio.open_nursery() as connections:
                     connections.start_soon(self._heartbeats)
                     connections.start_soon(self.deadlines.run)
+                    connections.start_soon(self.poller.run)
                     async with trio.open_nursery() as acceptors:
                         self._accept_scope = acceptors.cancel_scope
                         for listener in listeners:
@@ -543,13 +546,14 @@ class _SessionPort:
     """The hub as its sessions see it (session.SessionHost): settings, counters, the timer and
     the callbacks of a session's life -- not the hub's own methods."""
 
-    __slots__ = ("_hub", "settings", "stats", "deadlines")
+    __slots__ = ("_hub", "settings", "stats", "deadlines", "poller")
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self.settings = hub.settings
         self.stats = hub.stats
         self.deadlines = hub.deadlines
+        self.poller = hub.poller
 
     def hooks(self, agent_type: str) -> list[ConnectHook]:
         return list(self._hub._hooks.get(agent_type, ()))

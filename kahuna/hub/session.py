@@ -42,6 +42,7 @@ from .codec import FrameError, decode_reply, encode_request, request_frame
 from .deadlines import Deadlines
 from .errors import AgentDisconnected, AgentError, AgentUnavailable, CallTimeout, HubError, MalformedReply
 from .handshake import Identity
+from .poller import Poller
 from .pending import CallGroup, PendingCall, PendingCalls, Resolution
 from .settings import HubSettings
 from .stats import DISCONNECTED, ERROR, OK, TIMEOUT, HubStats
@@ -70,6 +71,7 @@ class SessionHost(Protocol):
     settings: HubSettings
     stats: HubStats
     deadlines: Deadlines
+    poller: Poller
 
     def capabilities(self, caps: Any) -> tuple[str, frozenset[str]]:
         """Validate (and intern) a Capabilities reply; ValueError when it is not one."""
@@ -94,7 +96,7 @@ class Session:
                  "version", "methods", "connected_since", "last_seen", "registered",
                  "peer_close_code", "lane", "_parser", "_early", "_out", "_flushing", "_nursery",
                  "_scope", "_close_code", "_close_reason", "_abort", "_close_sent", "_discard",
-                 "_ping_seq", "_done", "_finished", "_ended", "_warned")
+                 "_ping_seq", "_done", "_finished", "_ended", "_warned", "_reader", "_reading_done")
 
     def __init__(self, host: SessionHost, sock: socket.socket, identity: Identity,
                  remote_address: str, early: bytes = b"") -> None:
@@ -127,6 +129,8 @@ class Session:
         self._finished = False      # and the close frame is sent: the connection can go
         self._ended: trio.Event | None = None
         self._warned = 0
+        self._reader: trio.lowlevel.Task | None = None   # run(), parked until the session ends
+        self._reading_done = False
 
     def __repr__(self) -> str:
         return f"<Session {self.agent_type} {self.agent_id} from {self.remote_address}>"
@@ -307,10 +311,16 @@ class Session:
 
     async def run(self, nursery: trio.Nursery) -> None:
         """The session's whole life in the connection's nursery (opened for it alone); returns
-        when it is over, or raises Cancelled into that nursery when the session was cut."""
+        when it is over, or raises Cancelled into that nursery when the session was cut.
+
+        The socket is read by the hub's poller (`on_readable`); this task only waits for the
+        end: the agent's close or EOF wakes it, an abort or the close deadline cancels it.
+        """
         # the nursery's own scope is the session's: cancelling it (abort) or giving it a deadline
-        # (the close exchange) ends the reader and whatever the session was doing, at once
+        # (the close exchange) ends the session and whatever it was doing, at once
         self._nursery, self._scope = nursery, nursery.cancel_scope
+        poller = self.host.poller
+        fd = self.sock.fileno()
         try:
             if self._close_code is not None:          # closed before it started
                 code, reason, abort = self._close_code, self._close_reason, self._abort
@@ -318,8 +328,16 @@ class Session:
                 self.close(code, reason or "", abort=abort)
             self.host.schedule_ping(self)
             nursery.start_soon(self._start)
-            await self._read_loop()
+            early, self._early = self._early, b""
+            if early:
+                self._on_data(early)
+            if not self._reading_done:
+                poller.add(fd, self)
+                self._reader = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
         finally:
+            self._reader = None
+            poller.remove(fd)
             self._done = True
             reason = self._end_reason()
             self.pending.fail_all(lambda: AgentDisconnected(self.agent_id, reason))
@@ -347,6 +365,20 @@ class Session:
                 if self._ended is not None:
                     self._ended.set()
 
+    def _abort_wait(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._reader = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _stop_reading(self) -> None:
+        """The agent closed or went away: nothing more to read; wake `run` to end."""
+        if self._reading_done:
+            return
+        self._reading_done = True
+        task, self._reader = self._reader, None
+        if task is not None:
+            self.host.poller.remove(self.sock.fileno())
+            trio.lowlevel.reschedule(task)
+
     @property
     def end_reason(self) -> str:
         return self._end_reason()
@@ -358,45 +390,46 @@ class Session:
             return f"connection closed ({self.peer_close_code})"
         return "session ended"
 
-    async def _read_loop(self) -> None:
-        sock, parser = self.sock, self._parser
-        recv, wait, size = sock.recv, trio.lowlevel.wait_readable, self.host.settings.receive_buffer_size
-        data, self._early = self._early, b""
-        while True:
-            if data:
-                if not self._discard:
-                    try:
-                        events = parser.feed(data)
-                    except ProtocolError as exc:
-                        self._protocol_error(exc)
-                        events = ()
-                    del data
-                    for opcode, payload in events:
-                        if opcode == OP_BINARY:
-                            if not self._close_sent:
-                                self._on_message(payload)
-                        elif opcode == OP_PING:
-                            self._control(frame(OP_PONG, payload))
-                        elif opcode == OP_PONG:
-                            self._on_pong(payload)
-                        elif opcode == OP_CLOSE:
-                            if self._on_close(payload):
-                                return
-                        elif opcode == OP_TEXT:
-                            self._on_text()
-                    del events
-            await wait(sock)
-            try:
-                data = recv(size)
-            except BlockingIOError:
-                data = b""
-                continue
-            except OSError:
-                self.peer_close_code = self.peer_close_code or CLOSE_ABNORMAL
-                return
-            if not data:
-                self.peer_close_code = self.peer_close_code or CLOSE_ABNORMAL
-                return
+    def on_readable(self) -> None:
+        """The hub's poller saw data (or the end) on the socket: read it, never blocking."""
+        if self._reading_done or self.sock is None:
+            return
+        try:
+            data = self.sock.recv(self.host.settings.receive_buffer_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.peer_close_code = self.peer_close_code or CLOSE_ABNORMAL
+            self._stop_reading()
+            return
+        if not self._discard:
+            self._on_data(data)
+
+    def on_reader_error(self, exc: BaseException) -> None:
+        self.close(CLOSE_INTERNAL, "internal error", abort=True)
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            events = self._parser.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        for opcode, payload in events:
+            if opcode == OP_BINARY:
+                if not self._close_sent:
+                    self._on_message(payload)
+            elif opcode == OP_PING:
+                self._control(frame(OP_PONG, payload))
+            elif opcode == OP_PONG:
+                self._on_pong(payload)
+            elif opcode == OP_CLOSE:
+                if self._on_close(payload):
+                    self._stop_reading()
+                    return
+            elif opcode == OP_TEXT:
+                self._on_text()
 
     def _control(self, data: bytes) -> None:
         try:
