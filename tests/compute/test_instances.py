@@ -6,14 +6,12 @@ description does not; a volume detached), delete (volumes detached, not deleted;
 
 from __future__ import annotations
 
-import signal
-import threading
-
 import kowabunga
 import pytest
 from kowabunga.exceptions import ApiException
 
 from agent.sim.model import GiB
+from tests.compute.crash import in_thread, kill_and_restart
 from tests.conftest import make_client
 from tests.infra.helpers import http, stored, wait_for
 
@@ -193,22 +191,12 @@ def test_sigkill_during_an_instance_create_and_delete_is_recovered(kahuna, world
     assert code == 201, old
     k.faults.delay_reply("CreateInstance", 30.0, when=lambda p: p.get("Name") == "sk-new")
     k.faults.delay_reply("DeleteInstance", 30.0, when=lambda p: p.get("Name") == "sk-old")
-    threads = [threading.Thread(target=_quietly, args=(http, kahuna, *call)) for call in (
+    threads = [in_thread(http, kahuna, *call) for call in (
         ("POST", f"/project/{world['project']}/zone/{world['zone']}/instance",
          {"name": "sk-new", "memory": GiB, "vcpus": 1, "volumes": [new_root]}),
         ("DELETE", f"/instance/{old['id']}", None))]
-    for t in threads:
-        t.start()
     wait_for(lambda: k.domain("sk-new") and not k.domain("sk-old"), "the sim to define sk-new and undefine sk-old")
-    kahuna.proc.send_signal(signal.SIGKILL)
-    kahuna.proc.wait(10)
-    for sim in (k, kiwi):
-        sim.faults.clear()
-    for t in threads:
-        t.join(30)
-    kahuna.start()
-    for sim in (k, kiwi):
-        sim.start(f"ws://127.0.0.1:{kahuna.hub_port}/ws")
+    kill_and_restart(kahuna, (k, kiwi), threads)
 
     def recovered():
         return (k.domain("sk-new") is None and not [n for n in k.images("ssd") if n.endswith("-cloudinit")]
@@ -222,13 +210,6 @@ def test_sigkill_during_an_instance_create_and_delete_is_recovered(kahuna, world
     k.wait_connected()
     for vid in (new_root, old_root):
         assert http(kahuna, "DELETE", f"/volume/{vid}")[0] == 200
-
-
-def _quietly(fn, *args):
-    try:
-        fn(*args)
-    except Exception:  # the daemon is killed under the request
-        pass
 
 
 def test_instances_join_kwarantine_groups(kahuna, world):

@@ -6,14 +6,12 @@ zone/region elections, the usage moving between hosts, and the refusals of bad p
 
 from __future__ import annotations
 
-import signal
-import threading
-
 import kowabunga
 import pytest
 from kowabunga.exceptions import ApiException
 
 from agent.sim.model import GiB
+from tests.compute.crash import in_thread, kill_and_restart
 from tests.conftest import make_client
 from tests.identity.helpers import identity_config
 from tests.infra.helpers import CALL_TIMEOUT, agent_status, create_agents, http, stored, unique, wait_for
@@ -209,17 +207,6 @@ def test_bad_plans_and_commits(kahuna, world, fleet):
         assert http(kahuna, "DELETE", f"/kompute/{k}")[0] == 200
 
 
-def _in_thread(fn, *args) -> threading.Thread:
-    def run():
-        try:
-            fn(*args)
-        except Exception:  # the daemon is killed under the request
-            pass
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def test_sigkill_during_a_kmotion_is_recovered_at_restart(kahuna, world, fleet):
     """A cold kMotion killed once the target defined the domain goes back to its source, running;
     a live one killed once libvirt migrated stays on the target; the usage matches the domains."""
@@ -236,19 +223,11 @@ def test_sigkill_during_a_kmotion_is_recovered_at_restart(kahuna, world, fleet):
     _, _, live = moves["sk2"]
     sims[cold["target"]].faults.delay_reply("CreateInstance", 30.0, when=lambda p: p.get("Name") == "sk1")
     sims[live["source"]].faults.delay_reply("MigrateInstance", 30.0, when=lambda p: p.get("Name") == "sk2")
-    threads = [_in_thread(http, kahuna, "PATCH", f"/instance/{iid}/kmotion/commit", {"plan": plan["id"]})
+    threads = [in_thread(http, kahuna, "PATCH", f"/instance/{iid}/kmotion/commit", {"plan": plan["id"]})
                for _, iid, plan in moves.values()]
     wait_for(lambda: sims[cold["target"]].domain("sk1") and sims[live["target"]].domain("sk2"),
              "the target to define sk1 and libvirt to migrate sk2")
-    kahuna.proc.send_signal(signal.SIGKILL)
-    kahuna.proc.wait(10)
-    for sim in sims.values():
-        sim.faults.clear()
-    for t in threads:
-        t.join(30)
-    kahuna.start()
-    for sim in sims.values():
-        sim.start(f"ws://127.0.0.1:{kahuna.hub_port}/ws")
+    kill_and_restart(kahuna, sims.values(), threads)
 
     def recovered():
         return (sims[cold["target"]].domain("sk1") is None and sims[live["source"]].domain("sk2") is None
