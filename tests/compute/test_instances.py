@@ -6,6 +6,8 @@ description does not; a volume detached), delete (volumes detached, not deleted;
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import kowabunga
 import pytest
 from kowabunga.exceptions import ApiException
@@ -117,11 +119,14 @@ def test_instance_refusals_leave_nothing(kahuna, world, admin):
     assert {n for n in k.images("ssd") if n.endswith("-cloudinit")} == set()
     assert stored(kahuna, "volume", osv)["instance_id"] == "" and _usage(admin, world) == (0, 0, 0)
 
-    code, first = create(volumes=[osv])
-    assert code == 201, first
-    code, body = http(kahuna, "POST", base, {"name": "rf2", "memory": GiB, "vcpus": 1, "volumes": [osv]})
-    assert code == 409 and "attached" in body["reason"], body  # already used by rf1
-    assert http(kahuna, "DELETE", f"/instance/{first['id']}")[0] == 200
+    with ThreadPoolExecutor(3) as pool:  # racing for one volume: one instance gets it
+        results = list(pool.map(lambda i: http(kahuna, "POST", base, {
+            "name": f"rf{i}", "memory": GiB, "vcpus": 1, "volumes": [osv]}), range(3)))
+    made = [b for c, b in results if c == 201]
+    assert len(made) == 1 and sorted(c for c, _ in results) == [201, 409, 409], results
+    assert all("attached" in b["reason"] for c, b in results if c == 409)
+    assert stored(kahuna, "volume", osv)["instance_id"] == made[0]["id"] and _usage(admin, world) == (1, 1, GiB)
+    assert http(kahuna, "DELETE", f"/instance/{made[0]['id']}")[0] == 200
     for vid in (osv, raw, foreign):
         assert http(kahuna, "DELETE", f"/volume/{vid}")[0] == 200
 

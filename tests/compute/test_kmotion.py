@@ -87,6 +87,8 @@ def test_live_kmotion_of_a_kompute_moves_the_running_domain_and_the_usage(kahuna
         assert (domain["state"], domain["migrations"], domain["boots"]) == ("Running", 1, boots)  # never restarted
         assert domain["spice"]["listen"] == ("10.0.0.12" if target == fleet["same_zone"] else "10.0.0.11")
         assert _host_of(kahuna, iid) == target
+        url = kowabunga.InstanceApi(member).read_instance_remote_connection(iid).url
+        assert url.startswith("spice://" + domain["spice"]["listen"] + ":"), url
         assert iid in kowabunga.KaktusApi(admin).list_kaktus_instances(target)
         assert iid not in kowabunga.KaktusApi(admin).list_kaktus_instances(source)
         assert _usage(kahuna, source) == (before[0][0] - 1, before[0][1] - 1, before[0][2] - GiB)
