@@ -33,8 +33,8 @@ from kahuna.orchestrator.adapters import create_adapter, delete_adapter
 from kahuna.orchestrator.agent_calls import AgentCalls
 from kahuna.orchestrator.flows import Flow, register_resume, register_undo
 from kahuna.orchestrator.volumes import VolumeEffects, delete_image
-from kahuna.resources import quota
-from kahuna.resources.errors import ConflictError, DomainError, Missing, NotFoundError
+from kahuna.resources import project_net, quota
+from kahuna.resources.errors import ConflictError, DomainError, NotFoundError
 from kahuna.resources.service import utcnow
 from kahuna.resources.volume import pool_and_template
 from kahuna.store import errors as store_errors
@@ -128,26 +128,9 @@ async def refresh_iso(res, instance_id: str) -> None:
 
 
 # ------------------------------------------------------------------------------ network facts
-# (kahuna.resources.project_net, NET's module, when it is there; else the stored shapes)
-
-async def private_subnet(res, project: Doc, region_id: str) -> Doc:
-    try:
-        from kahuna.resources import project_net
-    except ImportError:
-        project_net = None
-    if project_net is not None:
-        return await project_net.private_subnet(res, project, region_id)
-    subnet_id = (project.get("private_subnets") or {}).get(region_id)
-    if not subnet_id:
-        raise Missing(f"project {project.get('name')} has no private subnet in region {region_id}")
-    return await res.get("subnet", subnet_id)
-
 
 async def zone_gateway(res, project: Doc, zone_id: str) -> str:
-    try:
-        from kahuna.resources import project_net
-    except ImportError:
-        return (project.get("zone_gateways") or {}).get(zone_id, "")
+    """The project's gateway address in the zone, "" when it has none (a zone added later)."""
     try:
         return await project_net.zone_gateway(res, project, zone_id)
     except DomainError:
@@ -155,30 +138,14 @@ async def zone_gateway(res, project: Doc, zone_id: str) -> str:
 
 
 async def public_subnet(res, region_id: str, public: bool) -> Doc | None:
-    """The region's public subnet for the public NIC; None when the region has no public
-    network and no address is wanted (a 422 when one is)."""
+    """The region's public subnet for the public NIC (upstream always makes it); None when the
+    region has no public network and no address is wanted (422 when one is)."""
     try:
-        from kahuna.resources import project_net
-    except ImportError:
-        project_net = None
-    if project_net is not None:
-        try:
-            return await project_net.public_subnet(res, region_id, 1 if public else 0)
-        except DomainError as exc:  # 422: the region has no public network
-            if public or exc.status != 422:
-                raise
-            return None
-    for vnet in await res.list("vnet", region_id):
-        if vnet.get("private", True):
-            continue
-        subnets = await res.list("subnet", vnet["_id"])
-        default = (vnet.get("defaults") or {}).get("subnet_id")
-        subnets.sort(key=lambda s: (s["_id"] != default, s["_id"]))
-        if subnets:
-            return subnets[0]
-    if public:
-        raise Missing(f"region {region_id} has no public network for a public Kompute")
-    return None
+        return await project_net.public_subnet(res, region_id, 1 if public else 0)
+    except DomainError as exc:  # 422: the region has no public network
+        if public or exc.status != 422:
+            raise
+        return None
 
 
 # ------------------------------------------------------------------------------------- create
@@ -205,7 +172,7 @@ class KomputeEffects:
             await res.list("zone", region["_id"])
         pool, template = await pool_and_template(res, region, kompute.get("pool_id") or "",
                                                  kompute.get("template_id") or "")
-        private = await private_subnet(res, project, region["_id"])
+        private = await project_net.private_subnet(res, project, region["_id"])
         public = await public_subnet(res, region["_id"], bool(kompute.get("public")))
         vcpus, memory = int(kompute["vcpus"]), int(kompute["memory"])
         disk, data_disk = int(kompute["disk"]), int(kompute.get("data_disk") or 0)
