@@ -4,6 +4,7 @@
     +-- accept loops                 one per listening socket; EMFILE & co. are survived
     +-- heartbeat scheduler          one for all sessions: sends each session's ping when due
     +-- deadlines                    one timer for every call's and pong's deadline
+    +-- poller                       one reader for every session socket (poller.py)
     +-- connection tasks             one per TCP connection:
         +-- handshake                HTTP upgrade read and parsed (upgrade.py), headers
         |                            verified -> refused (400/403/404/503) or accepted (101)
@@ -57,6 +58,11 @@ _CAPACITY_ERRNOS = {errno.EMFILE: "accept_too_many_files", errno.ENFILE: "accept
 _BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
                   b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
 _SHED_BATCH = 64
+_ACCEPT_BATCH = 256
+# accept() errors about one connection (it died while queued): skip it, keep accepting
+_TRANSIENT_ACCEPT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                            errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+                            errno.EOPNOTSUPP, errno.ENETUNREACH}
 _CAPS_CACHE_MAX = 256
 
 
@@ -363,30 +369,42 @@ class Hub:
             return None
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                reason = _CAPACITY_ERRNOS.get(exc.errno)
-                if reason is None:
-                    raise
-                self.stats.reject(reason)
-                shed = await self._shed(listener)
-                now = time.monotonic()
-                if now - self._last_accept_log >= 5.0:
-                    self._last_accept_log = now
-                    log.error("hub accept failed", error=os.strerror(exc.errno), refused_503=shed,
-                              retry_in=self.settings.accept_retry_delay)
-                await trio.sleep(self.settings.accept_retry_delay)
-                continue
-            # from here on the connection is a plain non-blocking socket (see session.py)
-            trio_sock = stream.socket
-            try:
-                sock = socket.socket(trio_sock.family, trio_sock.type, fileno=trio_sock.detach())
-            except OSError:
-                continue
-            sock.setblocking(False)
-            nursery.start_soon(self._handle_connection, sock)
+        """Accept every waiting connection per readiness (a storm comes in bursts), as plain
+        non-blocking sockets (see session.py): no trio stream is built for what only reads
+        and writes bytes."""
+        lsock = socket.socket(fileno=os.dup(listener.socket.fileno()))  # the same listener
+        lsock.setblocking(False)
+        wait, accept = trio.lowlevel.wait_readable, lsock.accept
+        try:
+            while True:
+                await wait(lsock)
+                for _ in range(_ACCEPT_BATCH):
+                    try:
+                        sock, _ = accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as exc:
+                        reason = _CAPACITY_ERRNOS.get(exc.errno)
+                        if reason is None:
+                            if exc.errno in _TRANSIENT_ACCEPT_ERRNOS:
+                                continue       # that connection died in the queue
+                            raise
+                        self.stats.reject(reason)
+                        shed = await self._shed(listener)
+                        now = time.monotonic()
+                        if now - self._last_accept_log >= 5.0:
+                            self._last_accept_log = now
+                            log.error("hub accept failed", error=os.strerror(exc.errno),
+                                      refused_503=shed, retry_in=self.settings.accept_retry_delay)
+                        await trio.sleep(self.settings.accept_retry_delay)
+                        break
+                    sock.setblocking(False)
+                    if sock.family in (socket.AF_INET, socket.AF_INET6):
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    nursery.start_soon(self._handle_connection, sock)
+        finally:
+            trio.lowlevel.notify_closing(lsock)
+            lsock.close()
 
     async def _shed(self, listener: trio.SocketListener) -> int:
         """Out of descriptors: answer waiting connections with 503 instead of leaving them hanging.

@@ -1,8 +1,10 @@
-"""One agent session: one reader task, synchronous sends, and what the session does on demand.
+"""One agent session: synchronous sends, reads by the hub's poller, and what it does on demand.
 
-    connection nursery           (one per TCP connection, opened by the hub)
-    +-- Session.run()            the connection's own task: the only reader of the socket
-    |                            (frames -> replies resolve their call by id; pings answered)
+    connection nursery           (one per TCP connection, opened by the hub; its scope is the
+    |                            session's: abort cancels it, a close exchange gives it a deadline)
+    +-- Session.run()            the connection's own task: parked until the session ends
+    |                            (the hub's poller calls `on_readable`: frames -> replies
+    |                            resolve their call by id; pings answered; the agent's close)
     +-- _start                   <Type>.Capabilities, then registration, then the connect hooks
     |   +-- hooks                each in its own task; failures are logged, never fatal
     +-- _flush                   only while the agent reads slower than we write (backpressure)
@@ -22,8 +24,8 @@ replacement, disconnect, shutdown), the `finally` of `run` fails every pending c
 leaves the registry (only if still the agent's current session), sends the close frame unless
 aborting, and closes the socket.
 
-The session talks to the hub only through `SessionHost` (settings, counters, the timer, and
-five callbacks), never through the hub's own methods.
+The session talks to the hub only through `SessionHost` (settings, counters, the timer, the
+poller and six callbacks), never through the hub's own methods.
 """
 
 from __future__ import annotations
