@@ -53,10 +53,31 @@ def encode(claims: dict[str, Any], key: str) -> str:
     return f"{head}.{body}.{_b64encode(_sign(signing_input, key))}"
 
 
+VERIFIED_MAX = 10_000  # tokens whose signature and claims were checked, kept by their text
+_verified: dict[tuple[str, str], dict[str, Any]] = {}
+
+
 def decode(token: str, key: str, *, now: float | None = None) -> dict[str, Any]:
-    """The claims of a valid, unexpired token issued by us; InvalidToken otherwise."""
+    """The claims of a valid, unexpired token issued by us; InvalidToken otherwise.
+
+    A token already verified under the same key is not verified again (its claims are a pure
+    function of its text and the key: ~60 µs of HMAC, base64 and JSON per request, measured in
+    bench/api.py); its expiry is checked every time, and the caller still checks the session."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("malformed token")
+    known = _verified.get((token, key))
+    if known is not None:
+        if known["exp"] <= (time.time() if now is None else now):
+            raise InvalidToken("token expired")
+        return dict(known)
+    claims = _verify(token, key, now)
+    if len(_verified) >= VERIFIED_MAX:
+        _verified.pop(next(iter(_verified)))  # the oldest
+    _verified[(token, key)] = dict(claims)
+    return claims
+
+
+def _verify(token: str, key: str, now: float | None) -> dict[str, Any]:
     match = _TOKEN_RE.match(token)
     if not match:
         raise InvalidToken("malformed token")
