@@ -179,13 +179,20 @@ class Flow:
 
 
 async def _undo_steps(res, flow_id: str, kind: str, steps: list[dict]) -> bool:
-    """True when every undo succeeded (the flow document is then dropped)."""
+    """True when every undo succeeded (the flow document is then dropped).
+
+    A step whose undo succeeded is struck from the stored flow at once, so that a retry (another
+    undo failed: its agent away) or a recovery after a crash mid-rollback runs only what is still
+    to undo. Without that, the counters' undos (`project.usage`, `kaktus.usage`), which are
+    deltas, would be applied again at every retry."""
     ok = True
     try:
         await res.store.update_fields(COLLECTION, flow_id, {"state": "undoing"})
     except store_errors.NotFound:
         pass
-    for step in reversed(steps):
+    remaining = list(steps)
+    for index in range(len(steps) - 1, -1, -1):
+        step = steps[index]
         fn = _UNDOS.get(step.get("undo") or "")
         if fn is None:
             log.error("flow step has no known undo", flow=kind, step=step.get("name"))
@@ -198,6 +205,12 @@ async def _undo_steps(res, flow_id: str, kind: str, steps: list[dict]) -> bool:
             ok = False
             log.error("undo failed", flow=kind, step=step.get("name"),
                       error=getattr(exc, "reason", None) or repr(exc))
+            continue
+        del remaining[index]
+        try:
+            await res.store.update_fields(COLLECTION, flow_id, {"steps": remaining})
+        except store_errors.NotFound:
+            pass
     if ok:
         await _drop(res, flow_id)
     return ok
