@@ -65,11 +65,31 @@ def _split(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+class _GcClock:
+    """Seconds the cyclic collector ran, by generation (the bench's evidence: a full collection
+    walks every live session's objects)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            generation = info.get("generation", 2)
+            self.seconds[generation] += time.perf_counter() - self._t0
+            self.runs[generation] += 1
+
+
 class Control:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.started = time.time()
         self.seq = 0
+        self.gc = _GcClock()
 
     def _params(self, method: str, payload: int) -> tuple[Any, Any]:
         if not method.endswith(".Echo"):
@@ -86,7 +106,9 @@ class Control:
                     await trio.sleep(0.005)
         out = self.hub.stats_snapshot()
         out.update(impl="pyhub", pid=os.getpid(), rss_kib=_proc_status_kib("VmRSS"),
-                   rss_hwm_kib=_proc_status_kib("VmHWM"), uptime_s=time.time() - self.started)
+                   rss_hwm_kib=_proc_status_kib("VmHWM"), uptime_s=time.time() - self.started,
+                   gc_seconds=[round(x, 3) for x in self.gc.seconds], gc_runs=self.gc.runs,
+                   cpu_s=round(sum(os.times()[:2]), 3))
         return out
 
     async def fanout(self, q: dict[str, str]) -> dict[str, Any]:
