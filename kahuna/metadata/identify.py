@@ -1,7 +1,7 @@
 """Who is asking for metadata: an instance proven by its token, or by its real source address.
 
 Way 1 (ours): `X-Kowabunga-Instance-Id` + `X-Kowabunga-Instance-Token`. The token is an HMAC of
-the id and the instance's `metadata_generation` (`kahuna.metadata.token`): the check itself needs
+the id and the instance's `metadata_generation` (`kahuna.auth.instance_tokens`): the check itself needs
 no token table. The generation, however, must be the *current* one (so that rotating it revokes
 old tokens), so the instance document is read once by id — the read the profile needs anyway,
 served by the store's id cache when it is enabled.
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kahuna.metadata.token import verify
+from kahuna.auth.instance_tokens import verify
 from kahuna.resources.errors import Forbidden, Unauthorized, Unavailable
 from kahuna.store import errors as store_errors
 from kahuna.store.base import is_valid_id

@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable
 
 from kahuna import cloudinit
 from kahuna.logs import get_logger
-from kahuna.metadata.token import instance_token
+from kahuna.auth.instance_tokens import instance_token
 from kahuna.orchestrator import dns, placement, virtxml
 from kahuna.orchestrator.adapters import create_adapter, delete_adapter
 from kahuna.orchestrator.agent_calls import AgentCalls

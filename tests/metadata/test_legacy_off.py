@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kahuna.metadata.token import instance_token
+from kahuna.auth.instance_tokens import instance_token
 from kahuna.store.base import new_id
 from tests.kahuna_proc import Kahuna, write_config
 from tests.metadata.helpers import conn, get

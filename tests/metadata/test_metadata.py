@@ -23,7 +23,7 @@ import trio
 from kahuna.resources.ipsec_psk import seal_psk
 from kahuna.config import from_mapping
 from kahuna.metadata.profile import BASE_FIELDS, IPSEC_FIELDS, KAWAII_FIELDS, KONVEY_FIELDS, RULE_FIELDS
-from kahuna.metadata.token import instance_token, verify
+from kahuna.auth.instance_tokens import instance_token, verify
 from kahuna.store.base import new_id
 from kahuna.store.embedded import EmbeddedStore
 from tests.conftest import make_client

@@ -1,12 +1,17 @@
 """Per-instance metadata tokens: `instance_token` / `verify`.
 
+Here, below the orchestrator (which writes the token into the ISO) and the metadata endpoint
+(which checks it), so neither imports the other.
+
 Why a derived HMAC rather than a stored random token: the token must be checkable on every
 metadata read without a database lookup of the token itself (the instance document is still read
 for its current `metadata_generation`), and it must be rotatable per instance — bumping the
-generation (done when the cloud-init ISO is rebuilt) changes the token, and every older token
-stops verifying. The HMAC key is derived from the server secret for this purpose only, so a
-metadata token can never be confused with an API-key digest, a seal key or any other use of the
-same secret; a stolen database (without the server secret) does not yield tokens.
+generation (and re-rendering the instance's cloud-init ISO, which then carries the new token)
+changes it, and every older token stops verifying. Nothing bumps it on its own yet: a running
+instance keeps reading its ISO's token until it reboots on the new one. The HMAC key is derived
+from the server secret for this purpose only, so a metadata token can never be confused with an
+API-key digest, a seal key or any other use of the same secret; a stolen database (without the
+server secret) does not yield tokens.
 """
 
 from __future__ import annotations
