@@ -182,6 +182,7 @@ class Session:
                 self._flushing = trio.Event()
                 self._nursery.start_soon(self._flush)
         if len(out) > self.host.settings.send_buffer_limit:
+            self.host.stats.send_buffer_overflows += 1
             log.warning("agent not reading: send buffer full", **self._fields(), buffered=len(out))
             self.close(CLOSE_INTERNAL, "send buffer full", abort=True)
             raise _Closed()

@@ -24,7 +24,8 @@ class HubStats:
                  "stale_replies", "unknown_replies", "text_frames", "malformed_frames",
                  "heartbeat_timeouts", "hook_failures", "calls", "call_timeouts", "call_errors",
                  "rejected", "sessions_by_type", "handshakes", "calls_by", "call_latency_counts",
-                 "call_latency_sum", "frames_in", "frames_out", "backpressure_events")
+                 "call_latency_sum", "frames_in", "frames_out", "backpressure_events",
+                 "send_buffer_overflows")
 
     def __init__(self) -> None:
         self.connections = 0        # open TCP connections (gauge), handshaking ones included
@@ -54,6 +55,7 @@ class HubStats:
         self.frames_in = 0          # WebSocket data messages received (replies, text, garbage)
         self.frames_out = 0         # WebSocket data messages sent (requests)
         self.backpressure_events = 0  # sends that found the agent's socket full (bytes buffered)
+        self.send_buffer_overflows = 0  # sessions ended because that buffer passed its bound
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
