@@ -18,6 +18,7 @@ import orjson
 
 MAX_ID = 2**64 - 1
 
+_orjson_dumps = orjson.dumps
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                             default=lambda o: _default(o))
 
@@ -60,6 +61,20 @@ def _request_head(method: str) -> bytes:
     return head
 
 
+def _encode_params(params: Any) -> bytes:
+    """orjson (~0.15 us against ~4.5 us for an Echo's params), with the standard encoder as the
+    judge wherever the two could differ: orjson refuses what it cannot carry (ints past 64 bits,
+    non-string keys: TypeError, re-done by the standard encoder) and writes NaN and infinities as
+    null, so any output with a null is re-done by the standard encoder, which refuses them."""
+    try:
+        out = _orjson_dumps(params, default=_default)
+    except TypeError:
+        return _encoder.encode(params).encode()
+    if b"null" in out:
+        return _encoder.encode(params).encode()
+    return out
+
+
 def encode_request(call_id: int, method: str, params: Any) -> bytes:
     """Serialize one request; raises TypeError/ValueError for params JSON cannot carry.
 
@@ -67,14 +82,14 @@ def encode_request(call_id: int, method: str, params: Any) -> bytes:
     """
     if type(call_id) is not int:
         raise TypeError("call id must be an int")
-    return b'{"id":%d%s%s}' % (call_id, _request_head(method), _encoder.encode(params).encode())
+    return b'{"id":%d%s%s}' % (call_id, _request_head(method), _encode_params(params))
 
 
 def request_parts(method: str, params: Any) -> tuple[bytes, bytes]:
     """The id-independent parts of a request, for many requests with one method and params (a
     fan-out encodes its params once): `request_frame(id, *request_parts(m, p))` is
     `encode_request(id, m, p)`."""
-    return _request_head(method), _encoder.encode(params).encode()
+    return _request_head(method), _encode_params(params)
 
 
 def request_frame(call_id: int, head: bytes, body: bytes) -> bytes:

@@ -47,3 +47,21 @@ def test_bad_error_field_names_the_call(error):
     with pytest.raises(FrameError) as info:
         decode_reply(f'{{"id":9,"result":null,"error":{error}}}'.encode())
     assert info.value.call_id == 9
+
+
+@pytest.mark.parametrize("params", [
+    {"Seq": 1, "Data": "x" * 32}, {"a": "é", "b": [1, 2.5, {"c": True}]}, {"n": None},
+    {1: "int key"}, {"big": 2**70}, {"t": (1, 2)}, {"raw": b"\x00\xff"}, [], "text", 0,
+])
+def test_requests_are_the_bytes_of_the_standard_encoder(params):
+    """orjson on the hot path must not change one byte of what agents receive."""
+    standard = json.dumps({"id": 3, "method": "Kaktus.M", "params": params}, separators=(",", ":"),
+                          ensure_ascii=False, default=lambda o: __import__("base64").b64encode(o).decode()
+                          if isinstance(o, bytes) else list(o)).encode()
+    assert encode_request(3, "Kaktus.M", params) == standard
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_are_refused_not_sent_as_null(value):
+    with pytest.raises(ValueError):
+        encode_request(1, "Kaktus.Echo", {"nested": [value]})
