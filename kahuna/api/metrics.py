@@ -155,7 +155,9 @@ class _Collector:
                 ("kahuna_hub_frames_sent", "frames_out", "WebSocket frames sent to agents"),
                 ("kahuna_hub_heartbeat_losses", "heartbeat_timeouts", "sessions ended by a missed pong"),
                 ("kahuna_hub_backpressure_events", "backpressure_events",
-                 "sessions whose send buffer hit its bound (a slow or stalled agent)"),
+                 "sends that found an agent's socket full and started buffering (a slow agent)"),
+                ("kahuna_hub_send_buffer_overflows", "send_buffer_overflows",
+                 "sessions ended because their send buffer passed its bound (a stalled agent)"),
                 ("kahuna_hub_replaced_sessions", "replaced", "sessions replaced by a new connection of the same agent"),
                 ("kahuna_hub_malformed_frames", "malformed_frames", "frames that did not decode")):
             value = getattr(stats, attr, None)
