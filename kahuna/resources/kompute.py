@@ -53,20 +53,20 @@ async def _after_create(res, doc: Doc, **_: Any) -> None:
     await _effects(res).create(res, doc)
 
 
-def _refuse_appliance(doc: Doc, principal: Any, verb: str) -> None:
+def _refuse_appliance(doc: Doc, principal: Any) -> None:
     """An appliance's Kompute (a Kawaii or Konvey instance) belongs to its service: through the
-    API it is changed and deleted with the service, never alone (its VIPs, VRRP ids and
-    Kontroller agent would be left pointing at nothing). The service's own flows call in
-    without a principal."""
+    API it is deleted with the service, never alone (its VIPs, VRRP ids and Kontroller agent
+    would be left pointing at nothing). It may still be updated (grown, described: the ISO is
+    re-rendered with a fresh Kontroller key). The service's own flows call in without a
+    principal."""
     if principal is not None and doc.get("profile"):
         raise ConflictError(f"Kompute {doc.get('name')} is an appliance of {doc['profile'].capitalize()} "
-                            f"{doc.get('profile_id')}: {verb} it through its {doc['profile']}")
+                            f"{doc.get('profile_id')}: delete it through its {doc['profile']}")
 
 
-async def _before_update(res, old: Doc, new: Doc, principal: Any = None, **_: Any) -> None:
+async def _before_update(res, old: Doc, new: Doc, **_: Any) -> None:
     """The name names the images and the domain: it stays. Disks only grow (422); a data disk
     is not added after creation (upstream never creates it later)."""
-    _refuse_appliance(old, principal, "change")
     if new["name"] != old["name"]:
         raise Invalid("name: a Kompute keeps its name (its volumes and domain are named after it)")
     if int(new["disk"]) < int(old["disk"]):
@@ -84,7 +84,7 @@ async def _after_update(res, old: Doc, new: Doc, **_: Any) -> None:
 
 async def _before_delete(res, doc: Doc, principal: Any = None, **_: Any) -> None:
     """Everything the Kompute holds goes (a forward flow); the flow ends with the document."""
-    _refuse_appliance(doc, principal, "delete")
+    _refuse_appliance(doc, principal)
     _DELETING[doc["_id"]] = await _effects(res).delete(res, doc)
 
 
