@@ -29,7 +29,7 @@ from kahuna.api.guard import guard
 from kahuna.auth.mail import Outbox
 from kahuna.config import Config
 from kahuna.ha import wiring as ha
-from kahuna.hub.hub import Hub, bound_listeners
+from kahuna.hub.hub import Hub
 from kahuna.hub.settings import HubSettings
 from kahuna.logs import get_logger
 from kahuna.observability.inventory import Inventory
@@ -130,10 +130,7 @@ def build_app(resources: Resources, secrets: Secrets, *, hub=None, agent_keys=No
 
 async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
               task_status=trio.TASK_STATUS_IGNORED) -> None:
-    # the hub's port is bound first: while the store opens and the keys load, a restarting
-    # Kahuna's agents wait in the backlog instead of being refused into their backoff (issue 13)
-    async with bound_listeners(hub_settings(config), config.hub.address, config.hub.port) as hub_listeners, \
-            prepared_store(config) as store:
+    async with prepared_store(config) as store:
         node = ha.build_node(config)  # single on the embedded store; else the lease decides
         store = ha.fenced(store, node)  # every write of this process goes through the fence
         resources = Resources(store, config=config, secrets=secrets)
@@ -156,8 +153,7 @@ async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
             # refused into their backoff while the HTTP app is built (issue 13, reconnect storm)
             hub_addr = await nursery.start(_serve_background, background, hub, node, credentials, config,
                                            partial(outbox.run, resources),
-                                           partial(resources.extras["storage"].run, resources),
-                                           hub_listeners)
+                                           partial(resources.extras["storage"].run, resources))
             app, _ = build_app(resources, secrets, hub=hub, agent_keys=agent_keys)
             binds = await nursery.start(_serve_http, app, config, shutdown)
             http_addr = _parse_bind(binds[0])
@@ -178,12 +174,11 @@ async def _serve_http(app, config: Config, shutdown: trio.Event, *, task_status=
 
 
 async def _serve_background(scope: trio.CancelScope, hub: Hub, node, credentials: StoredAgentCredentials,
-                            config: Config, outbox_run=None, pool_refresh=None, hub_listeners=None, *,
+                            config: Config, outbox_run=None, pool_refresh=None, *,
                             task_status=trio.TASK_STATUS_IGNORED):
     with scope:
         async with trio.open_nursery() as nursery:
-            address = await nursery.start(partial(hub.serve, config.hub.address, config.hub.port,
-                                                  listeners=hub_listeners))
+            address = await nursery.start(hub.serve, config.hub.address, config.hub.port)
             # tasks that write run only while this node is active (always when single)
             node.while_active(credentials.watch)
             if outbox_run is not None:

@@ -29,8 +29,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -87,22 +86,6 @@ def _agent_id_header(headers: Iterable[tuple[bytes, bytes]]) -> str:
     return ""
 
 
-@asynccontextmanager
-async def bound_listeners(settings: HubSettings, host: str | None,
-                          port: int) -> AsyncIterator[list[trio.SocketListener]]:
-    """The hub's port, bound ahead of `Hub.serve(listeners=...)`: while the rest of a process
-    starts (store, keys), connecting agents wait in the kernel's backlog instead of being refused
-    into their reconnect backoff -- after a restart that backoff, not the hub, made the storm
-    long. Closed on exit (serving closes them too)."""
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=settings.backlog)
-    try:
-        yield listeners
-    finally:
-        for listener in listeners:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(listener)
-
-
 class _OfflineRecord:
     __slots__ = ("agent_type", "version", "methods", "connected_since", "last_seen",
                  "remote_address", "disconnected_at")
@@ -156,14 +139,11 @@ class Hub:
     # ================================================================= public API
 
     async def serve(self, host: str | None, port: int, *,
-                    listeners: list[trio.SocketListener] | None = None,
                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on host:port (or on `listeners` bound beforehand, see `bound_listeners`) until
-        cancelled or `shutdown()`; reports the bound (host, port)."""
+        """Listen on host:port until cancelled or `shutdown()`; reports the bound (host, port)."""
         if self._serve_scope is not None:
             raise RuntimeError("this hub is already serving")
-        if listeners is None:
-            listeners = await trio.open_tcp_listeners(port, host=host, backlog=self.settings.backlog)
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=self.settings.backlog)
         _raise_gc_thresholds(self.settings.gc_threshold, self.settings.gc_threshold_gen1)
         self._shutting_down = False
         self._stopped = trio.Event()

@@ -3,8 +3,6 @@ one timer for every deadline, one loop per fan-out), over real sockets: deadline
 cancellation leave nothing behind, a stalled agent's send buffer stays bounded, fan-outs report
 per agent, pings and the agent's own control frames are answered."""
 
-from functools import partial
-
 import pytest
 import trio
 from wsproto.events import Ping, Pong
@@ -155,25 +153,3 @@ async def test_raw_upgrade_refusals_are_http_answers(hub):
     assert refused.startswith(b"HTTP/1.1 426 ") and b"Sec-WebSocket-Version: 13" in refused
     assert hub.hub.stats.handshakes["not_an_upgrade"] == 1
 
-
-async def test_agents_that_connect_before_serve_wait_in_the_backlog(nursery, credentials):
-    """`bound_listeners`: the port is bound while the process still starts; an agent dialing
-    then is not refused (no reconnect backoff) and is served once the hub serves."""
-    from kahuna.hub import Hub
-    from kahuna.hub.hub import bound_listeners
-    from tests.hub.conftest import FAST, HubHandle
-    hub = Hub(FAST, credentials)
-    async with bound_listeners(FAST, "127.0.0.1", 0) as listeners:
-        port = listeners[0].socket.getsockname()[1]
-        handle = HubHandle(hub, port, nursery)
-        early = []
-
-        async def dial():
-            early.append(await handle.registered())
-        nursery.start_soon(dial)
-        await trio.sleep(0.2)                    # dialed, upgrade request sent, nobody accepting
-        assert not early
-        await nursery.start(partial(hub.serve, "127.0.0.1", port, listeners=listeners))
-        await wait_until(lambda: early)
-        assert hub.is_connected(KAKTUS)
-        await hub.shutdown()
