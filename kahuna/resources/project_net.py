@@ -6,6 +6,8 @@ equally named zones collided and a renamed region lost its subnet):
 - `private_subnets {region_id: subnet_id}`; the subnet carries `project_id`;
 - `zone_gateways {zone_id: ip}`: the subnet's `gw_pool` ranges expanded in order, one address per
   zone of the region, zones sorted by name (the per-zone Kawaii VIP, every instance's gateway);
+  a zone created later gets the next pool address no other zone holds when first asked for
+  (`zone_gateway`, under the project's lock), 422 once the pool is used up;
 - `reserved_vrrp_ids [int]`, sorted.
 
 Choosing a private subnet (upstream's ReservePrivateSubnet, without its quirks): the region's
@@ -23,7 +25,8 @@ answers 422); a pool with fewer addresses than the region has zones is a 422.
 
 VRRP ids and quota counters are written under the project's own lock (`("project", id)`, the one
 a project update and a tenant create hold), so a concurrent project update never writes back a
-stale list. Never call them while holding that lock (a tenant kind's before_create).
+stale list. Never call them (nor `zone_gateway` for a new zone) while holding that lock (a
+tenant kind's before_create).
 """
 
 from __future__ import annotations
@@ -138,8 +141,37 @@ async def zone_gateway(res, project: Doc, zone_id: str) -> str:
         zone = {"_id": zone_id, "name": zone_id}
     if isinstance(gateways, dict) and gateways.get(zone.get("name")):
         return gateways[zone["name"]]  # an upstream document, keyed by zone name
+    if isinstance(gateways, dict) and (project.get("private_subnets") or {}).get(zone.get("region_id")):
+        ip = await _assign_late_zone(res, project["_id"], zone)
+        if ip:
+            return ip
     raise Unprocessable(f"project {_label(project)} has no gateway address in zone {_label(zone)} "
                         f"(its private subnet there has no gw_pool address for this zone)")
+
+
+async def _assign_late_zone(res, project_id: str, zone: Doc) -> str:
+    """A zone created after the project: the next gw_pool address no other zone of the project
+    holds, now recorded (under the project's lock, so two first Komputes in the new zone agree);
+    "" when the pool is used up or the project has no subnet in that region."""
+    async with _project_lock(res, project_id):
+        project = await res.get("project", project_id)
+        gateways = dict(project.get("zone_gateways") or {})
+        if gateways.get(zone["_id"]):
+            return gateways[zone["_id"]]
+        subnet_id = (project.get("private_subnets") or {}).get(zone["region_id"])
+        if not subnet_id:
+            return ""
+        try:
+            subnet = await res.get("subnet", subnet_id)
+        except NotFoundError:
+            return ""
+        taken = set(gateways.values())
+        ip = next((a for a in pool_addresses(subnet) if a not in taken), "")
+        if ip:
+            gateways[zone["_id"]] = ip
+            await res.set_fields("project", project_id, {"zone_gateways": gateways})
+            log.info("zone gateway assigned", project=project_id, zone=zone["_id"], ip=ip)
+        return ip
 
 
 async def public_subnet(res, region_id: str, needed: int = 1) -> Doc:

@@ -386,3 +386,40 @@ def test_public_subnet_private_subnet_and_zone_gateway_lookups(tmp_path):
             await store.close()
 
     trio.run(main)
+
+
+def test_a_zone_added_after_the_project_gets_the_next_gateway_address(tmp_path):
+    from kahuna.resources import catalog  # noqa: F401  (every kind registered)
+    from kahuna.resources.errors import DomainError
+    from kahuna.resources.service import Resources
+    from kahuna.store.embedded import EmbeddedStore
+
+    async def main():
+        store = EmbeddedStore(tmp_path / "s.sqlite3")
+        await store.open()
+        try:
+            res = Resources(store)
+            region = await res.create("region", {"name": "r", "domain": "acme.test"})
+            first = await res.create("zone", {"name": "z1"}, region["_id"])
+            vnet = await res.create("vnet", {"name": "priv", "interface": "br0", "private": True}, region["_id"])
+            subnet = await res.create("subnet", {"name": "s", "cidr": "10.9.0.0/24", "gateway": "10.9.0.1",
+                                                 "gw_pool": [{"first": "10.9.0.250", "last": "10.9.0.251"}]},
+                                      vnet["_id"])
+            project = {"_id": "d" * 24, "name": "p", "schema_version": 2,
+                       "private_subnets": {region["_id"]: subnet["_id"]},
+                       "zone_gateways": {first["_id"]: "10.9.0.250"}}
+            await store.insert("project", project)
+            second = await res.create("zone", {"name": "z2"}, region["_id"])
+            assert await project_net.zone_gateway(res, project, second["_id"]) == "10.9.0.251"
+            stored_doc = await res.get("project", project["_id"])
+            assert stored_doc["zone_gateways"] == {first["_id"]: "10.9.0.250", second["_id"]: "10.9.0.251"}
+            # asked again (from the stale copy): the same address, not another one
+            assert await project_net.zone_gateway(res, project, second["_id"]) == "10.9.0.251"
+            third = await res.create("zone", {"name": "z3"}, region["_id"])
+            with pytest.raises(DomainError) as err:  # the pool is used up
+                await project_net.zone_gateway(res, stored_doc, third["_id"])
+            assert err.value.status == 422 and "zone z3" in err.value.reason
+        finally:
+            await store.close()
+
+    trio.run(main)
