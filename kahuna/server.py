@@ -147,15 +147,13 @@ async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
         agent_hooks.install(hub, resources)
         node.while_active(partial(flows.recover_loop, resources))  # flows a dead process left
         node.while_active(partial(inventory.run, store))  # loaded when serving, dropped when passive
+        app, _ = build_app(resources, secrets, hub=hub, agent_keys=agent_keys)
         async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serve_http, app, config, shutdown)
             background = trio.CancelScope()  # the hub and the watchers: cancelled at shutdown
-            # the hub listens first: after a restart, agents wait in its backlog instead of being
-            # refused into their backoff while the HTTP app is built (issue 13, reconnect storm)
             hub_addr = await nursery.start(_serve_background, background, hub, node, credentials, config,
                                            partial(outbox.run, resources),
                                            partial(resources.extras["storage"].run, resources))
-            app, _ = build_app(resources, secrets, hub=hub, agent_keys=agent_keys)
-            binds = await nursery.start(_serve_http, app, config, shutdown)
             http_addr = _parse_bind(binds[0])
             log.info("listening", service="http", address=f"{http_addr[0]}:{http_addr[1]}")
             log.info("listening", service="hub", address=f"{hub_addr[0]}:{hub_addr[1]}")
