@@ -476,9 +476,11 @@ class Hub:
         except OSError:
             pass
 
-    async def _handshake(self, sock: socket.socket, peer: Any) -> tuple[Identity, str, bytes] | None:
-        """Read the upgrade request and answer it: (identity, remote address, bytes that came
-        after the request) once 101 is sent, else None (refused: answered and counted)."""
+    async def _handshake(self, sock: socket.socket,
+                         peer: Any) -> tuple[Identity, str, bytes, bytes] | None:
+        """Read the upgrade request and decide: (identity, remote address, bytes that came after
+        the request, the 101 answer to send) when accepted, else None (refused: answered and
+        counted)."""
         settings, stats = self.settings, self.stats
         with trio.move_on_after(settings.handshake_timeout):
             try:
@@ -505,12 +507,10 @@ class Hub:
             if self._shutting_down:
                 self._answer(sock, "shutting_down", 503, b"shutting down\n")
                 return None
-            try:
-                sock.send(accept_response(request.key))
-            except OSError:
-                stats.reject("closed_during_handshake")
-                return None
-            return verdict, self._remote_address(peer, request.headers), data[end:]
+            # the 101 leaves with the session's first frame (its Capabilities request): one
+            # send and one wake-up of the agent per connect instead of two (see Session._write)
+            return (verdict, self._remote_address(peer, request.headers), data[end:],
+                    accept_response(request.key))
         stats.reject("handshake_timeout")
         return None
 
@@ -535,8 +535,8 @@ class Hub:
                 self._handshake_slots.release(peer[0])
             if accepted is None:
                 return
-            identity, remote, early = accepted
-            session = Session(self._port, sock, identity, remote, early)
+            identity, remote, early, greeting = accepted
+            session = Session(self._port, sock, identity, remote, early, greeting)
             sock = None                      # the session closes it
             self._live.add(session)
             stats.sessions += 1

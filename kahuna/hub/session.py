@@ -98,10 +98,11 @@ class Session:
                  "version", "methods", "connected_since", "last_seen", "registered",
                  "peer_close_code", "lane", "_parser", "_early", "_out", "_flushing", "_nursery",
                  "_scope", "_close_code", "_close_reason", "_abort", "_close_sent", "_discard",
-                 "_ping_seq", "_done", "_finished", "_ended", "_warned", "_reader", "_reading_done")
+                 "_ping_seq", "_done", "_finished", "_ended", "_warned", "_reader", "_reading_done",
+                 "_greeting")
 
     def __init__(self, host: SessionHost, sock: socket.socket, identity: Identity,
-                 remote_address: str, early: bytes = b"") -> None:
+                 remote_address: str, early: bytes = b"", greeting: bytes = b"") -> None:
         self.host = host
         self.sock = sock                    # non-blocking; this session owns and closes it
         self.agent_id = identity.agent_id
@@ -117,6 +118,7 @@ class Session:
         self.lane: Any = None               # armed on the hub's timer while a pong is awaited
         self._parser = FrameParser(host.settings.max_message_size)
         self._early = early                 # bytes that came with the upgrade request
+        self._greeting = greeting           # the 101 answer, sent with the first frame
         self._out: bytearray | None = None  # what the socket did not take yet
         self._flushing: trio.Event | None = None   # set when _flush has emptied _out (or gave up)
         self._nursery: trio.Nursery | None = None
@@ -164,6 +166,8 @@ class Session:
 
     def _write(self, data: bytes) -> None:
         """Send now what the socket takes; buffer the rest (bounded). Raises _Closed."""
+        if self._greeting:                  # the upgrade's 101 still waits for company
+            data, self._greeting = self._greeting + data, b""
         out = self._out
         if out is not None:
             out += data
