@@ -59,6 +59,7 @@ _BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain
                   b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
 _SHED_BATCH = 64
 _ACCEPT_BATCH = 256
+_SLOTS_PAUSE = 0.1     # seconds the accept loop waits for a free handshake slot before refusing
 # accept() errors about one connection (it died while queued): skip it, keep accepting
 _TRANSIENT_ACCEPT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
                             errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
@@ -375,10 +376,18 @@ class Hub:
         lsock = socket.socket(fileno=os.dup(listener.socket.fileno()))  # the same listener
         lsock.setblocking(False)
         wait, accept = trio.lowlevel.wait_readable, lsock.accept
+        slots = self._handshake_slots
         try:
             while True:
                 await wait(lsock)
                 for _ in range(_ACCEPT_BATCH):
+                    if slots.pending >= slots.total:
+                        # every handshake slot taken (a reconnect storm, or a flood): leave the
+                        # next connections in the kernel's backlog a moment instead of answering
+                        # them 503 at once; past the pause they are refused as before
+                        with trio.move_on_after(_SLOTS_PAUSE):
+                            while slots.pending >= slots.total:
+                                await trio.sleep(0.002)
                     try:
                         sock, _ = accept()
                     except (BlockingIOError, InterruptedError):
