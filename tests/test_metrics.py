@@ -55,12 +55,13 @@ def series_of(samples, metric: str) -> dict[tuple, float]:
 
 
 def test_every_family_is_exported_under_its_name(kahuna):
+    # the inventory loads once the node serves: a scrape before that says so with kowabunga_up 0
+    wait_for(lambda: value(scrape(kahuna)[1], "kowabunga_up") == 1.0, "the inventory loaded", timeout=20)
     types, samples = scrape(kahuna)
     missing = [f for f in FAMILIES if f not in types]
     assert not missing, missing
     assert types["kowabunga_regions"] == "gauge" and types["kahuna_http_requests"] == "counter"
     assert types["kahuna_http_request_duration_seconds"] == "histogram"
-    assert value(samples, "kowabunga_up") == 1.0
     assert value(samples, "kahuna_ha_role", role="single") == 1.0
     before = value(samples, "kowabunga_total_scrapes")
     assert value(scrape(kahuna)[1], "kowabunga_total_scrapes") == before + 1
