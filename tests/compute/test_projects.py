@@ -341,9 +341,9 @@ def test_cost_from_current_instances_and_volumes(kahuna, admin, team, world):
     assert projects.read_project_cost(project.id).price == 0
 
 
-def test_public_subnet_private_subnet_and_zone_gateway_lookups(tmp_path):
+def _in_a_store(tmp_path, body) -> None:
+    """Run `body(res, store)` over a fresh embedded store with every kind registered."""
     from kahuna.resources import catalog  # noqa: F401  (every kind registered)
-    from kahuna.resources.errors import DomainError
     from kahuna.resources.service import Resources
     from kahuna.store.embedded import EmbeddedStore
 
@@ -351,75 +351,74 @@ def test_public_subnet_private_subnet_and_zone_gateway_lookups(tmp_path):
         store = EmbeddedStore(tmp_path / "s.sqlite3")
         await store.open()
         try:
-            res = Resources(store)
-            region = await res.create("region", {"name": "r", "domain": "acme.test"})
-            zone = await res.create("zone", {"name": "z"}, region["_id"])
-            with pytest.raises(DomainError) as err:
-                await project_net.public_subnet(res, region["_id"])
-            assert err.value.status == 422 and "no public virtual network" in err.value.reason
-            pub = await res.create("vnet", {"name": "pub", "interface": "br1", "private": False}, region["_id"])
-            small = await res.create("subnet", {"name": "small", "cidr": "198.51.100.0/29",
-                                                "gateway": "198.51.100.1"}, pub["_id"])  # the default: 5 free
-            big = await res.create("subnet", {"name": "big", "cidr": "203.0.113.0/28", "gateway": "203.0.113.1",
-                                              "reserved": [{"first": "203.0.113.2", "last": "203.0.113.5"}]},
-                                   pub["_id"])  # 9 free
-            await res.create("adapter", {"name": "a", "addresses": ["198.51.100.2", "198.51.100.3"]}, small["_id"])
-            assert (await project_net.public_subnet(res, region["_id"], 3))["_id"] == small["_id"]
-            assert (await project_net.public_subnet(res, region["_id"], 4))["_id"] == big["_id"]
-            await res.set_default("subnet", pub["_id"], big["_id"])
-            assert (await project_net.public_subnet(res, region["_id"]))["_id"] == big["_id"]
-            with pytest.raises(DomainError) as err:
-                await project_net.public_subnet(res, region["_id"], 10)
-            assert err.value.status == 507 and "10 free addresses" in err.value.reason
-
-            project = {"_id": "c" * 24, "name": "p", "private_subnets": {}, "zone_gateways": {}}
-            with pytest.raises(DomainError) as err:
-                await project_net.private_subnet(res, project, region["_id"])
-            assert err.value.status == 422 and "region r" in err.value.reason
-            with pytest.raises(DomainError) as err:
-                await project_net.zone_gateway(res, project, zone["_id"])
-            assert err.value.status == 422 and "zone z" in err.value.reason
-            upstream = {**project, "private_subnets": {"r": small["_id"]}, "zone_gateways": {"z": "10.0.0.9"}}
-            assert (await project_net.private_subnet(res, upstream, region["_id"]))["_id"] == small["_id"]
-            assert await project_net.zone_gateway(res, upstream, zone["_id"]) == "10.0.0.9"
+            await body(Resources(store), store)
         finally:
             await store.close()
 
     trio.run(main)
+
+
+def test_public_subnet_private_subnet_and_zone_gateway_lookups(tmp_path):
+    from kahuna.resources.errors import DomainError
+
+    async def body(res, store):
+        region = await res.create("region", {"name": "r", "domain": "acme.test"})
+        zone = await res.create("zone", {"name": "z"}, region["_id"])
+        with pytest.raises(DomainError) as err:
+            await project_net.public_subnet(res, region["_id"])
+        assert err.value.status == 422 and "no public virtual network" in err.value.reason
+        pub = await res.create("vnet", {"name": "pub", "interface": "br1", "private": False}, region["_id"])
+        small = await res.create("subnet", {"name": "small", "cidr": "198.51.100.0/29",
+                                            "gateway": "198.51.100.1"}, pub["_id"])  # the default: 5 free
+        big = await res.create("subnet", {"name": "big", "cidr": "203.0.113.0/28", "gateway": "203.0.113.1",
+                                          "reserved": [{"first": "203.0.113.2", "last": "203.0.113.5"}]},
+                               pub["_id"])  # 9 free
+        await res.create("adapter", {"name": "a", "addresses": ["198.51.100.2", "198.51.100.3"]}, small["_id"])
+        assert (await project_net.public_subnet(res, region["_id"], 3))["_id"] == small["_id"]
+        assert (await project_net.public_subnet(res, region["_id"], 4))["_id"] == big["_id"]
+        await res.set_default("subnet", pub["_id"], big["_id"])
+        assert (await project_net.public_subnet(res, region["_id"]))["_id"] == big["_id"]
+        with pytest.raises(DomainError) as err:
+            await project_net.public_subnet(res, region["_id"], 10)
+        assert err.value.status == 507 and "10 free addresses" in err.value.reason
+
+        project = {"_id": "c" * 24, "name": "p", "private_subnets": {}, "zone_gateways": {}}
+        with pytest.raises(DomainError) as err:
+            await project_net.private_subnet(res, project, region["_id"])
+        assert err.value.status == 422 and "region r" in err.value.reason
+        with pytest.raises(DomainError) as err:
+            await project_net.zone_gateway(res, project, zone["_id"])
+        assert err.value.status == 422 and "zone z" in err.value.reason
+        upstream = {**project, "private_subnets": {"r": small["_id"]}, "zone_gateways": {"z": "10.0.0.9"}}
+        assert (await project_net.private_subnet(res, upstream, region["_id"]))["_id"] == small["_id"]
+        assert await project_net.zone_gateway(res, upstream, zone["_id"]) == "10.0.0.9"
+
+    _in_a_store(tmp_path, body)
 
 
 def test_a_zone_added_after_the_project_gets_the_next_gateway_address(tmp_path):
-    from kahuna.resources import catalog  # noqa: F401  (every kind registered)
     from kahuna.resources.errors import DomainError
-    from kahuna.resources.service import Resources
-    from kahuna.store.embedded import EmbeddedStore
 
-    async def main():
-        store = EmbeddedStore(tmp_path / "s.sqlite3")
-        await store.open()
-        try:
-            res = Resources(store)
-            region = await res.create("region", {"name": "r", "domain": "acme.test"})
-            first = await res.create("zone", {"name": "z1"}, region["_id"])
-            vnet = await res.create("vnet", {"name": "priv", "interface": "br0", "private": True}, region["_id"])
-            subnet = await res.create("subnet", {"name": "s", "cidr": "10.9.0.0/24", "gateway": "10.9.0.1",
-                                                 "gw_pool": [{"first": "10.9.0.250", "last": "10.9.0.251"}]},
-                                      vnet["_id"])
-            project = {"_id": "d" * 24, "name": "p", "schema_version": 2,
-                       "private_subnets": {region["_id"]: subnet["_id"]},
-                       "zone_gateways": {first["_id"]: "10.9.0.250"}}
-            await store.insert("project", project)
-            second = await res.create("zone", {"name": "z2"}, region["_id"])
-            assert await project_net.zone_gateway(res, project, second["_id"]) == "10.9.0.251"
-            stored_doc = await res.get("project", project["_id"])
-            assert stored_doc["zone_gateways"] == {first["_id"]: "10.9.0.250", second["_id"]: "10.9.0.251"}
-            # asked again (from the stale copy): the same address, not another one
-            assert await project_net.zone_gateway(res, project, second["_id"]) == "10.9.0.251"
-            third = await res.create("zone", {"name": "z3"}, region["_id"])
-            with pytest.raises(DomainError) as err:  # the pool is used up
-                await project_net.zone_gateway(res, stored_doc, third["_id"])
-            assert err.value.status == 422 and "zone z3" in err.value.reason
-        finally:
-            await store.close()
+    async def body(res, store):
+        region = await res.create("region", {"name": "r", "domain": "acme.test"})
+        first = await res.create("zone", {"name": "z1"}, region["_id"])
+        vnet = await res.create("vnet", {"name": "priv", "interface": "br0", "private": True}, region["_id"])
+        subnet = await res.create("subnet", {"name": "s", "cidr": "10.9.0.0/24", "gateway": "10.9.0.1",
+                                             "gw_pool": [{"first": "10.9.0.250", "last": "10.9.0.251"}]},
+                                  vnet["_id"])
+        project = {"_id": "d" * 24, "name": "p", "schema_version": 2,
+                   "private_subnets": {region["_id"]: subnet["_id"]},
+                   "zone_gateways": {first["_id"]: "10.9.0.250"}}
+        await store.insert("project", project)
+        second = await res.create("zone", {"name": "z2"}, region["_id"])
+        assert await project_net.zone_gateway(res, project, second["_id"]) == "10.9.0.251"
+        stored_doc = await res.get("project", project["_id"])
+        assert stored_doc["zone_gateways"] == {first["_id"]: "10.9.0.250", second["_id"]: "10.9.0.251"}
+        # asked again (from the stale copy): the same address, not another one
+        assert await project_net.zone_gateway(res, project, second["_id"]) == "10.9.0.251"
+        third = await res.create("zone", {"name": "z3"}, region["_id"])
+        with pytest.raises(DomainError) as err:  # the pool is used up
+            await project_net.zone_gateway(res, stored_doc, third["_id"])
+        assert err.value.status == 422 and "zone z3" in err.value.reason
 
-    trio.run(main)
+    _in_a_store(tmp_path, body)
