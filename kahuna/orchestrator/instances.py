@@ -293,11 +293,8 @@ def _iso_params(pool: Doc, image: str, files: dict) -> Doc:
 # ---------------------------------------------------------------------------- create
 
 async def before_create(res, doc: Doc) -> None:
-    """Location, devices checked before anything is stored (errors name the field)."""
-    if doc.get("zone_id"):
-        doc["region_id"] = (await res.get("zone", doc["zone_id"]))["region_id"]
-    else:
-        doc["zone_id"] = ""  # region level: placement picks the zone
+    """Location, devices checked before anything is stored (errors name the field). The
+    service set `region_id` from the zone, or `zone_id` "" at region level (placement picks)."""
     project = await res.get("project", doc["project_id"])
     if project.get("region_ids") and doc["region_id"] not in project["region_ids"]:
         raise Missing("region: the project does not use this region")

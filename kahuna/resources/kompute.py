@@ -34,12 +34,7 @@ def _effects(res) -> KomputeEffects:
 
 
 async def _before_create(res, doc: Doc, query: Any = None, spec: KomputeSpec | None = None, **_: Any) -> None:
-    if "zone_id" in doc:
-        zone = await res.get("zone", doc["zone_id"])
-        doc["region_id"] = zone["region_id"]
-    else:  # region level: placement picks the zone (kahuna.orchestrator.komputes)
-        doc["zone_id"] = ""
-    doc["instance_id"] = ""
+    doc["instance_id"] = ""  # zone_id "" at region level: placement picks the zone
     raw = (query.get("public") if query is not None else None) or "false"
     doc["public"] = raw.lower() in ("true", "1")
     doc["pool_id"] = (query.get("poolId") if query is not None else None) or ""

@@ -27,11 +27,6 @@ Doc = dict[str, Any]
 
 
 async def _before_create(res, doc: Doc, **_: Any) -> None:
-    if doc.get("zone_id"):
-        zone = await res.get("zone", doc["zone_id"])
-        doc["region_id"] = zone["region_id"]
-    else:
-        doc["zone_id"] = ""
     project = await located_project(res, doc, "Konvey")
     doc.setdefault("name", project["name"])
     doc.update(subnet_id="", private_adapter_id="", vip="", vrrp_id=0, appliances=[], kompute_ids=[])

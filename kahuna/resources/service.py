@@ -109,7 +109,10 @@ class Resources:
         """Validate `payload` (a decoded JSON body) and store a new document of `kind`.
 
         A tenant kind (`Kind.owner`) takes its owner's id and its `location` as (field, id),
-        e.g. ("zone_id", z): both must exist; the owner's lock excludes its deletion meanwhile."""
+        e.g. ("zone_id", z): both must exist; the owner's lock excludes its deletion meanwhile.
+        The kind's other location fields come from the place given: a zone-level create is also
+        in the zone's region (`region_id` from the zone), a region-level one has `zone_id` ""
+        until its flow picks the zone."""
         kind = _kind(kind)
         values = check_object(kind.fields, _object(payload), "", partial=False)
         now = utcnow()
@@ -127,8 +130,11 @@ class Resources:
                     link = next((l for l in kind.locations if l.field == location[0]), None)
                     if link is None:
                         raise Invalid(f"a {kind.label} cannot live in a {location[0][:-3]}")
-                    await self.get(link.kind, location[1])
+                    place = await self.get(link.kind, location[1])
                     doc[link.field] = location[1]
+                    for other in kind.locations:
+                        if other.field != link.field:
+                            doc[other.field] = place.get(other.field) or ""
             if kind.parent:
                 await self.get(kind.parent.kind, parent_id)
                 doc[kind.parent.field] = parent_id
