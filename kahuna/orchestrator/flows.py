@@ -30,7 +30,7 @@ import trio
 
 from kahuna.logs import get_logger
 from kahuna.store import errors as store_errors
-from kahuna.store.base import new_id
+from kahuna.store.base import delete_if_present, new_id
 
 log = get_logger("kahuna.flows")
 
@@ -147,7 +147,7 @@ class Flow:
     async def finish(self) -> None:
         try:
             with trio.CancelScope(shield=True):
-                await _drop(self.res, self.id)
+                await delete_if_present(self.res.store, COLLECTION, self.id)
         finally:
             _LIVE.discard(self.id)
 
@@ -212,15 +212,8 @@ async def _undo_steps(res, flow_id: str, kind: str, steps: list[dict]) -> bool:
         except store_errors.NotFound:
             pass
     if ok:
-        await _drop(res, flow_id)
+        await delete_if_present(res.store, COLLECTION, flow_id)
     return ok
-
-
-async def _drop(res, flow_id: str) -> None:
-    try:
-        await res.store.delete(COLLECTION, flow_id)
-    except store_errors.NotFound:
-        pass
 
 
 async def recover(res) -> int:
@@ -263,7 +256,7 @@ async def _resume(res, doc: dict) -> bool:
         return False
     finally:
         _LIVE.discard(flow.id)
-    await _drop(res, flow.id)
+    await delete_if_present(res.store, COLLECTION, flow.id)
     return True
 
 

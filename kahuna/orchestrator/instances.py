@@ -41,6 +41,7 @@ from kahuna.orchestrator.volumes import VolumeEffects, delete_image
 from kahuna.resources import quota
 from kahuna.resources.errors import ConflictError, DomainError, InsufficientResources, Invalid, Missing, NotFoundError
 from kahuna.store import errors as store_errors
+from kahuna.store.base import delete_if_present
 
 log = get_logger("kahuna.instances")
 
@@ -531,9 +532,7 @@ async def finish_delete(res, doc: Doc) -> None:
     for kid in doc.get("kwarantine_ids") or ():
         await set_membership(res, kid, "instance_ids", doc["_id"], False)
     await detach(res, doc["_id"], doc.get("volume_ids") or ())
-    try:
-        await res.store.delete("instance", doc["_id"])
-    except store_errors.NotFound:
+    if not await delete_if_present(res.store, "instance", doc["_id"]):
         return
     await quota.release(res, doc["project_id"], **footprint(doc))
     if doc.get("kaktus_id"):

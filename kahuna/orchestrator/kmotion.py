@@ -39,7 +39,7 @@ from kahuna.orchestrator.komputes import PLACEMENT_LOCK
 from kahuna.resources.errors import ConflictError, DomainError, InsufficientResources, Invalid, Missing, NotFoundError
 from kahuna.resources.service import utcnow
 from kahuna.store import errors as store_errors
-from kahuna.store.base import new_id
+from kahuna.store.base import delete_if_present, new_id
 
 log = get_logger("kahuna.kmotion")
 
@@ -189,10 +189,10 @@ async def commit(res, instance_id: str, plan_id: str) -> None:
         if doc["instance_id"] != instance["_id"]:
             raise Missing(f"plan: kMotion plan {plan_id} is for another instance")
         if _expired(doc):
-            await _drop_plan(res, plan_id)
+            await delete_if_present(res.store, COLLECTION, plan_id)
             raise Missing(f"plan: kMotion plan {plan_id} has expired; plan again")
         if doc["source_id"] != instance["kaktus_id"]:
-            await _drop_plan(res, plan_id)
+            await delete_if_present(res.store, COLLECTION, plan_id)
             raise ConflictError(f"plan: {instance['name']} no longer runs on the plan's source; plan again")
         source = await Host.of(res, doc["source_id"])
         state = await source.state(instance["name"])
@@ -217,7 +217,7 @@ async def commit(res, instance_id: str, plan_id: str) -> None:
             await flow.rollback()
             raise
         await flow.finish()
-        await _drop_plan(res, plan_id)
+        await delete_if_present(res.store, COLLECTION, plan_id)
     log.info("kmotion done", instance=instance_id, source=doc["source_id"], target=doc["target_id"], live=live)
 
 
@@ -230,13 +230,6 @@ def _expired(doc: Doc) -> bool:
     if expires.tzinfo is None:
         expires = expires.replace(tzinfo=timezone.utc)
     return expires < utcnow()
-
-
-async def _drop_plan(res, plan_id: str) -> None:
-    try:
-        await res.store.delete(COLLECTION, plan_id)
-    except store_errors.NotFound:
-        pass
 
 
 async def _usage(res, instance: Doc, kaktus_id: str, sign: int, **progress: bool) -> None:

@@ -37,8 +37,7 @@ from kahuna.resources import project_net, quota
 from kahuna.resources.errors import ConflictError, DomainError, NotFoundError
 from kahuna.resources.service import utcnow
 from kahuna.resources.volume import pool_and_template
-from kahuna.store import errors as store_errors
-from kahuna.store.base import new_id
+from kahuna.store.base import delete_if_present, new_id
 
 log = get_logger("kahuna.komputes")
 
@@ -497,7 +496,7 @@ async def run_delete(res, flow: Flow, plan: Doc, upto: str = "") -> None:
         elif step in volumes:
             vol = volumes[step]
             await _delete_pool_image(res, effects, vol["storage_pool_id"], vol["image"])
-            if await _drop(res, "volume", vol["_id"]):
+            if await delete_if_present(res.store, "volume", vol["_id"]):
                 await quota.release(res, vol["project_id"], storage=int(vol["size"]))
         elif step.startswith("adapter "):
             await delete_adapter(res, step.split(" ", 1)[1])
@@ -506,7 +505,7 @@ async def run_delete(res, flow: Flow, plan: Doc, upto: str = "") -> None:
                 await dns.instance_record_deleted(res, region_id=inst["region_id"], domain=plan["domain"],
                                                   name=inst["name"])
         elif step == "instance":
-            if await _drop(res, "instance", inst["_id"]):
+            if await delete_if_present(res.store, "instance", inst["_id"]):
                 await quota.release(res, plan["project_id"], instances=1, vcpus=int(inst["vcpus"]),
                                     memory=int(inst["memory"]))
                 await kaktus_usage(res, inst["kaktus_id"], -int(inst["vcpus"]), -int(inst["memory"]), -1)
@@ -514,7 +513,7 @@ async def run_delete(res, flow: Flow, plan: Doc, upto: str = "") -> None:
             for kid in plan.get("kwarantine_ids") or ():
                 await set_membership(res, kid, "kompute_ids", plan["kompute_id"], False)
         elif step == "document":
-            await _drop(res, "kompute", plan["kompute_id"])
+            await delete_if_present(res.store, "kompute", plan["kompute_id"])
         await flow.mark_done(step)
 
 
@@ -604,15 +603,6 @@ async def delete_domain(calls: AgentCalls, res, kaktus_id: str, name: str) -> No
     except DomainError as exc:
         if "Domain not found" not in exc.reason and "no domain" not in exc.reason:
             raise
-
-
-async def _drop(res, collection: str, doc_id: str) -> bool:
-    """Delete a document; True when it was there (so what it held is given back once)."""
-    try:
-        await res.store.delete(collection, doc_id)
-    except store_errors.NotFound:
-        return False
-    return True
 
 
 async def _undo_domain(res, data: Doc) -> None:

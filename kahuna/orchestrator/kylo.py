@@ -27,7 +27,7 @@ from kahuna.logs import get_logger
 from kahuna.orchestrator import flows
 from kahuna.orchestrator.agent_calls import AgentCalls, AgentFailed, AgentTimedOut, NoAgent
 from kahuna.resources.errors import ConflictError, Invalid, NotFoundError
-from kahuna.store import errors as store_errors
+from kahuna.store.base import delete_if_present
 from kahuna.resources.semantic import Unprocessable
 
 log = get_logger("kahuna.kylo")
@@ -192,7 +192,4 @@ async def _undo_export(res, data: dict) -> None:
 
 @flows.undo("kylo.document")
 async def _undo_document(res, data: dict) -> None:
-    try:
-        await res.store.delete("kylo", data["id"])
-    except store_errors.NotFound:
-        pass
+    await delete_if_present(res.store, "kylo", data["id"])

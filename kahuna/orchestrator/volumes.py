@@ -17,7 +17,7 @@ from kahuna.orchestrator.storage import ENOENT, pool_label
 from kahuna.resources import quota
 from kahuna.resources.errors import DomainError, NotFoundError
 from kahuna.resources.storage import template_volume
-from kahuna.store import errors as store_errors
+from kahuna.store.base import delete_if_present
 
 log = get_logger("kahuna.volumes")
 
@@ -97,10 +97,7 @@ async def _undo_image(res, data: Doc) -> None:
 
 
 async def _undo_document(res, data: Doc) -> None:
-    try:
-        await res.store.delete(data["collection"], data["id"])
-    except store_errors.NotFound:
-        pass
+    await delete_if_present(res.store, data["collection"], data["id"])
 
 
 register_undo("volume.image", _undo_image)

@@ -25,6 +25,8 @@ from typing import Any, Iterable, Mapping
 
 from bson import ObjectId
 
+from kahuna.store.errors import NotFound
+
 Document = dict[str, Any]
 Filter = Mapping[str, Any]
 
@@ -182,3 +184,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete(self, collection: str, doc_id: str) -> None:
         """Remove the document; NotFound when it does not exist."""
+
+
+async def delete_if_present(store: Store, collection: str, doc_id: str) -> bool:
+    """Delete a document; False when it was already gone. For the deletes that must be idempotent
+    (undos, recovery, clean-up): True tells the caller it removed it, so that what the document
+    held is given back once."""
+    try:
+        await store.delete(collection, doc_id)
+    except NotFound:
+        return False
+    return True
