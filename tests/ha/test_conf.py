@@ -71,7 +71,8 @@ def test_keepalived_accepts_the_shipped_config(tmp_path):
     rc, output = keepalived_test(conf)
     assert rc in (0, 143, -15) and output == "", output
     assert all(len(p) <= 8 for p in re.findall(r"auth_pass\s+(\S+)", text))
-    for needed in ("enable_script_security", "script_user", "nopreempt", "unicast_peer", "track_script"):
+    for needed in ("enable_script_security", "script_user", "chk_alive", "chk_active", "weight 50",
+                   "unicast_peer", "track_script"):
         assert needed in text
     # and the test is real: a 9-character password is reported
     conf.write_text(text.replace("kahuna01", "kahuna012").replace("/usr/local/lib/kahuna/kahuna-check", str(check)))

@@ -291,9 +291,13 @@ def test_failover_drill(tmp_path_factory):
             print(f"  {k}: {v:.2f} s" if isinstance(v, float) else f"  {k}: {v}")
         (work / "figures.json").write_text(json.dumps(figures))
         assert not acked - stored
-        # issue target 10 s; measured 10.2-10.7 s here: lease 6 s + up to one renewal period of
-        # observation + keepalived's master-down interval (3 x advert_int) after FAULT -> BACKUP
-        assert figures["kill -> first successful write"] <= 12
+        # issue 11's target, 10 s; measured 5.9-6.1 s here: lease 6 s, observed within one renewal
+        # period. The standby is BACKUP, not FAULT (conf/keepalived.conf: chk_alive / chk_active),
+        # so it took the VIP on the dead active's priority-0 advert, not after a master-down
+        # interval (10.2-10.7 s when the standby sat in FAULT)
+        assert figures["kill -> first successful write"] <= 10
+        assert figures["SIGSTOP -> first successful write on the twin"] <= 10
+        assert "Backup received priority 0 advertisement" in d.log(f"keepalived-{n2}")
         # the agents' return also includes their SDK's jittered backoff (agent/sdk.py)
         assert figures["kill -> all agents back"] <= 20
         assert "fenced" in d.log(f"kahuna-{n1}")
