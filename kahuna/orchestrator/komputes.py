@@ -74,6 +74,7 @@ class KomputeSpec:
     kwarantine_ids: tuple[str, ...] = ()
     exclude_kaktus_ids: frozenset[str] = field(default_factory=frozenset)
     peering_subnet_ids: tuple[str, ...] = ()
+    uefi: bool = False  # appliances boot their images as upstream does (legacy BIOS); the API's default is True
 
 
 def register_meta_extras(profile: str, fn: MetaExtras) -> None:
@@ -88,7 +89,8 @@ async def create_kompute(res, spec: KomputeSpec, *, meta_extras: MetaExtras | No
     if meta_extras is not None and spec.profile:
         register_meta_extras(spec.profile, meta_extras)
     payload = {"name": spec.name, "description": spec.description, "vcpus": spec.vcpus, "memory": spec.memory,
-               "disk": spec.disk, "data_disk": spec.data_disk, "kwarantines": list(spec.kwarantine_ids)}
+               "disk": spec.disk, "data_disk": spec.data_disk, "kwarantines": list(spec.kwarantine_ids),
+               "uefi": spec.uefi}
     location = ("zone_id", spec.zone_id) if spec.zone_id else ("region_id", spec.region_id)
     return await res.create("kompute", payload, owner_id=spec.project_id, location=location, spec=spec,
                             meta_extras=meta_extras)
@@ -196,6 +198,7 @@ class KomputeEffects:
                         "vcpus": vcpus, "memory": memory, "volume_ids": [], "adapter_ids": [], "local_ip": "",
                         "public_ip": "", "profile": kompute.get("profile") or "",
                         "profile_id": kompute.get("profile_id") or "", "metadata_generation": 0,
+                        "uefi": bool(kompute.get("uefi", True)),  # the domain's firmware follows the Kompute
                         "iso_volume": f"{name}-cloudinit", "iso_digest": "",
                         "cost": {"price": 0.0, "currency": "EUR"}}
             await flow.record("instance", undo="store.delete", data={"collection": "instance", "id": instance_id})
@@ -373,8 +376,8 @@ class KomputeEffects:
                                       monitors, secret, cdrom=True))
         return virtxml.domain_xml(virtxml.DomainSpec(
             name=instance["name"], vcpus=instance["vcpus"], memory=instance["memory"], spice_listen=listen,
-            os=template.get("os", "linux"), description=instance.get("description", ""), disks=tuple(disks),
-            nics=tuple(nics)))
+            os=template.get("os", "linux"), description=instance.get("description", ""),
+            uefi=bool(instance.get("uefi", True)), disks=tuple(disks), nics=tuple(nics)))
 
     # ---------------------------------------------------------------------------- update
 

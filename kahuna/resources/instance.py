@@ -48,7 +48,7 @@ INSTANCE = register(Kind(
         Field("vcpus", Int(low=1, high=1024), required=True),
         Field("adapters", ListOf(item=Str(max_len=64), max_items=16), default=list, db="adapter_ids"),
         Field("volumes", ListOf(item=Str(max_len=64), max_items=64), default=list, db="volume_ids"),
-        Field("uefi", Bool(), default=False, create_only=True),
+        Field("uefi", Bool(), default=True, create_only=True),  # the 0.58 document's default
         Field("kmotion_enabled", Bool(), default=True),
         Field("kwarantines", ListOf(item=Str(max_len=64), max_items=64), default=list, db="kwarantine_ids",
               create_only=True),

@@ -97,7 +97,7 @@ KOMPUTE = register(Kind(
         Field("disk", Int(low=1), required=True),
         Field("data_disk", Int(low=0), default=0),
         Field("ip", Str(), read_only=True),
-        Field("uefi", Bool(), default=False, create_only=True),
+        Field("uefi", Bool(), default=True, create_only=True),  # the 0.58 document's default
         Field("kmotion_enabled", Bool(), default=True),
         Field("kwarantines", ListOf(item=Str(max_len=64), max_items=64), default=list, db="kwarantine_ids"),
     ),

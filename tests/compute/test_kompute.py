@@ -69,6 +69,24 @@ def test_a_failure_at_each_step_leaves_nothing(kahuna, world, admin, method, sta
     assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (0, 0, 0, 0)
 
 
+def test_uefi_is_the_default_as_the_api_document_says(kahuna, world):
+    """A raw body without `uefi` gets UEFI firmware (0.58's default true); `uefi: false` gets BIOS."""
+    k = world["kaktus"]
+    made = {}
+    for name, extra in (("fw-default", {}), ("fw-bios", {"uefi": False})):
+        code, body = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
+                          {"name": name, "memory": GiB, "vcpus": 1, "disk": 4 * GiB, **extra})
+        assert code == 201, body
+        made[name] = body
+    try:
+        assert made["fw-default"]["uefi"] is True and made["fw-bios"]["uefi"] is False
+        assert 'firmware="efi"' in k.domain("fw-default")["xml"]
+        assert 'firmware="efi"' not in k.domain("fw-bios")["xml"]
+    finally:
+        for body in made.values():
+            assert http(kahuna, "DELETE", f"/kompute/{body['id']}")[0] in (200, 204)
+
+
 def test_quota_refuses_a_kompute_with_507(kahuna, world):
     code, body = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
                       {"name": "big", "memory": GiB, "vcpus": 1, "disk": 39 * GiB, "data_disk": 2 * GiB})
