@@ -262,20 +262,13 @@ async def domain_xml(res, instance: Doc, host: Host, volumes: list[Doc]) -> str:
     for i, vol in enumerate(volumes):
         pool = pools.get(vol["storage_pool_id"]) or await res.get("pool", vol["storage_pool_id"])
         pools[pool["_id"]] = pool
-        disks.append(_disk(virtxml.disk_dev(i), pool, vol.get("image") or vol["name"]))
-    disks.append(_disk(virtxml.ISO_DEVICE, pools[volumes[0]["storage_pool_id"]], instance["iso_volume"], cdrom=True))
+        disks.append(virtxml.pool_disk(virtxml.disk_dev(i), pool, vol.get("image") or vol["name"]))
+    disks.append(virtxml.pool_disk(virtxml.ISO_DEVICE, pools[volumes[0]["storage_pool_id"]], instance["iso_volume"],
+                                   cdrom=True))
     template = await _template(res, volumes[0])
-    return virtxml.domain_xml(virtxml.DomainSpec(
-        name=instance["name"], vcpus=int(instance["vcpus"]), memory=int(instance["memory"]),
-        spice_listen=await host.listen_address(), os=template.get("os") or "linux",
-        description=instance.get("description", ""), uefi=bool(instance.get("uefi", True)),
-        disks=tuple(disks), nics=await _effects(res).nics(res, instance)))
-
-
-def _disk(dev: str, pool: Doc, image: str, cdrom: bool = False) -> virtxml.DiskSpec:
-    monitors = ((pool.get("ceph_mon_address") or "localhost", int(pool.get("ceph_mon_port") or 3300)),)
-    return virtxml.DiskSpec(dev, pool["libvirt_pool"], image, monitors, pool.get("ceph_auth_secret_uuid", ""),
-                            cdrom=cdrom)
+    return virtxml.instance_domain(instance, os=template.get("os") or "linux",
+                                   spice_listen=await host.listen_address(), disks=tuple(disks),
+                                   nics=await _effects(res).nics(res, instance))
 
 
 async def _template(res, os_volume: Doc) -> Doc:

@@ -368,16 +368,10 @@ class KomputeEffects:
                 listen = (ep or {}).get("Address") or listen
             except DomainError:
                 pass
-        monitors = ((pool.get("ceph_mon_address") or "localhost", int(pool.get("ceph_mon_port") or 3300)),)
-        secret = pool.get("ceph_auth_secret_uuid", "")
-        disks = [virtxml.DiskSpec(virtxml.disk_dev(i), pool["libvirt_pool"], v["image"], monitors, secret)
-                 for i, v in enumerate(volumes)]
-        disks.append(virtxml.DiskSpec(virtxml.ISO_DEVICE, pool["libvirt_pool"], instance["iso_volume"],
-                                      monitors, secret, cdrom=True))
-        return virtxml.domain_xml(virtxml.DomainSpec(
-            name=instance["name"], vcpus=instance["vcpus"], memory=instance["memory"], spice_listen=listen,
-            os=template.get("os", "linux"), description=instance.get("description", ""),
-            uefi=bool(instance.get("uefi", True)), disks=tuple(disks), nics=tuple(nics)))
+        disks = [virtxml.pool_disk(virtxml.disk_dev(i), pool, v["image"]) for i, v in enumerate(volumes)]
+        disks.append(virtxml.pool_disk(virtxml.ISO_DEVICE, pool, instance["iso_volume"], cdrom=True))
+        return virtxml.instance_domain(instance, os=template.get("os", "linux"), spice_listen=listen,
+                                       disks=tuple(disks), nics=tuple(nics))
 
     # ---------------------------------------------------------------------------- update
 

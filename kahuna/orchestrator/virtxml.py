@@ -97,6 +97,22 @@ def disk_dev(index: int) -> str:
             return "vd" + letters
 
 
+def pool_disk(dev: str, pool: dict, image: str, cdrom: bool = False) -> DiskSpec:
+    """A disk on a storage pool document (its Ceph monitor and libvirt secret)."""
+    monitors = ((pool.get("ceph_mon_address") or "localhost", int(pool.get("ceph_mon_port") or 3300)),)
+    return DiskSpec(dev, pool["libvirt_pool"], image, monitors, pool.get("ceph_auth_secret_uuid", ""), cdrom=cdrom)
+
+
+def instance_domain(instance: dict, *, os: str, spice_listen: str, disks: tuple[DiskSpec, ...],
+                    nics: tuple[NicSpec, ...]) -> str:
+    """The domain of an instance document (Kompute-owned or standalone): one place reads its
+    name, size, description and firmware, so the two builders cannot drift apart."""
+    return domain_xml(DomainSpec(
+        name=instance["name"], vcpus=int(instance["vcpus"]), memory=int(instance["memory"]),
+        spice_listen=spice_listen, os=os or LINUX, description=instance.get("description", ""),
+        uefi=bool(instance.get("uefi", True)), disks=tuple(disks), nics=tuple(nics)))
+
+
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: Any) -> ET.Element:
     el = ET.SubElement(parent, tag, {k.rstrip("_"): str(v) for k, v in attrs.items()})
     if text is not None:
