@@ -9,6 +9,13 @@ before_create hook): trio refuses the re-acquisition loudly rather than deadlock
 The counters live on the project document (`usage {vcpus, memory, storage, instances}`, bytes
 for memory/storage); a quota of 0 is unlimited (upstream). A refusal is a 507 naming the dimension, the limit and the usage.
 Only positive requests are checked; a release never takes a counter below 0.
+
+Held reservations (`reserve(..., hold=flow_id)`), for a flow that must record its step *before*
+the counter moves: the delta and its marker `reservations.<hold>` are written in the same update
+of the project document, and `settle(hold, keep=...)` ends it — keeping the usage (the work was
+done) or giving it back — only if the marker is there. So a flow recovered after a crash settles
+exactly what was reserved, whether the crash came before the reservation, after it, or after an
+earlier settle: a bare `release` of the delta would give back what was never taken, or twice.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from kahuna.resources.errors import InsufficientResources, NotFoundError
 log = get_logger("kahuna.quota")
 
 DIMENSIONS = ("vcpus", "memory", "storage", "instances")
+HOLDS = "reservations"  # project document: {hold id: {dimension: amount}} of unsettled holds
 
 
 class QuotaExceeded(InsufficientResources):
@@ -40,11 +48,16 @@ def _usage(project: dict) -> dict[str, int]:
     return {k: int(usage.get(k, 0) or 0) for k in DIMENSIONS}
 
 
-async def reserve(res, project_id: str, **delta: int) -> dict[str, int]:
-    """Add `delta` to the project's usage if every positive part fits its quota; else 507."""
+async def reserve(res, project_id: str, *, hold: str = "", **delta: int) -> dict[str, int]:
+    """Add `delta` to the project's usage if every positive part fits its quota; else 507.
+    With `hold`, the reservation is marked under that id (once: a second call with the same
+    hold changes nothing) until `settle` ends it."""
     async with _lock(res, project_id):
         project = await res.get("project", project_id)
         usage = _usage(project)
+        holds = dict(project.get(HOLDS) or {})
+        if hold and hold in holds:
+            return usage
         quotas = project.get("quotas") or {}
         for dim, amount in delta.items():
             limit = int(quotas.get(dim, 0) or 0)
@@ -52,7 +65,11 @@ async def reserve(res, project_id: str, **delta: int) -> dict[str, int]:
                 raise QuotaExceeded(dim, limit, usage[dim], amount)
         for dim, amount in delta.items():
             usage[dim] = max(0, usage[dim] + amount)
-        await res.set_fields("project", project_id, {"usage": usage})
+        fields: dict[str, Any] = {"usage": usage}
+        if hold:
+            holds[hold] = {dim: int(amount) for dim, amount in delta.items()}
+            fields[HOLDS] = holds
+        await res.set_fields("project", project_id, fields)
         return usage
 
 
@@ -69,8 +86,35 @@ async def release(res, project_id: str, **delta: int) -> None:
         await res.set_fields("project", project_id, {"usage": usage})
 
 
+async def settle(res, project_id: str, hold: str, *, keep: bool) -> bool:
+    """End the reservation held under `hold`: keep its usage, or give it back. Idempotent: False
+    (nothing changed) when there is no such hold (never taken, already settled, project gone)."""
+    async with _lock(res, project_id):
+        try:
+            project = await res.get("project", project_id)
+        except NotFoundError:
+            return False
+        holds = dict(project.get(HOLDS) or {})
+        delta = holds.pop(hold, None)
+        if delta is None:
+            return False
+        fields: dict[str, Any] = {HOLDS: holds}
+        if not keep:
+            usage = _usage(project)
+            for dim, amount in delta.items():
+                usage[dim] = max(0, usage[dim] - int(amount))
+            fields["usage"] = usage
+        await res.set_fields("project", project_id, fields)
+        return True
+
+
+async def _undo_hold(res, data: dict) -> None:
+    await settle(res, data["project_id"], data["hold"], keep=False)
+
+
 async def _undo_reserve(res, data: dict) -> None:
     await release(res, data["project_id"], **data.get("delta", {}))
 
 
 register_undo("project.usage", _undo_reserve)
+register_undo("project.hold", _undo_hold)

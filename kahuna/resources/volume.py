@@ -9,7 +9,9 @@ Through `POST /project/{p}/region/{r}/volume?poolId=&templateId=` only `raw` and
 any URL: both refused here, 422). Storage is checked against the project's quota and reserved
 before the agent call (kahuna.resources.quota); the image is made by a durable flow
 (kahuna.orchestrator.volumes) so that a failure, a vanished client or a crash leaves nothing.
-A resize never shrinks (422); a volume attached to an instance is not deleted (409).
+A resize never shrinks (422); a grow is a durable flow run before the document is written (a crash
+or an unknown agent answer is settled from the image's size: kahuna.orchestrator.volumes); a
+volume attached to an instance is not deleted (409).
 """
 
 from __future__ import annotations
@@ -91,10 +93,11 @@ async def _before_update(res, old: Doc, new: Doc, **_: Any) -> None:
     if int(new["size"]) < int(old["size"]):
         raise Missing(f"size: a volume never shrinks ({new['size']} < {old['size']} bytes)")
     new["image"] = old.get("image") or old["name"]  # a rename keeps the image
-
-
-async def _after_update(res, old: Doc, new: Doc, **_: Any) -> None:
     if int(new["size"]) > int(old["size"]):
+        # before the document is written: the resize's flow stores the new size itself once the
+        # image is grown (a crash before that leaves the old one), so check the rename first
+        if new["name"] != old["name"] and await res.count("volume", project_id=old["project_id"], name=new["name"]):
+            raise ConflictError(f"name: a volume named {new['name']} already exists in this project")
         await _effects(res).resize(res, new, int(new["size"]) - int(old["size"]))
 
 
@@ -123,6 +126,6 @@ VOLUME = register(Kind(
     access=TENANT,
     routes=frozenset({"list", "create", "read", "update", "delete", "children"}),
     hooks=Hooks(before_create=_before_create, after_create=_after_create,
-                before_update=_before_update, after_update=_after_update,
+                before_update=_before_update,
                 before_delete=_before_delete, after_delete=_after_delete),
 ))
