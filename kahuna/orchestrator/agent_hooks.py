@@ -8,6 +8,11 @@
 - Kontroller: `Reload`, so the appliance re-reads its metadata.
 Each hook calls only methods the agent advertised; failures are logged by the hub, never fatal.
 
+The hooks' store reads (the agent's document; the Kaktus and storage pools listing it) go through
+one `ConnectReads` (kahuna.orchestrator.connect_batch): in a reconnect storm the hooks of hundreds
+of agents share one query each instead of a store round trip apiece; nothing is cached past a
+query. Writes happen only when something changed (a storm of unchanged agents writes nothing).
+
 `install` also puts the infrastructure side-effect collaborators (`compute`, `storage`, `dns`)
 in `Resources.extras`, where the resource kinds' hooks find them.
 """
@@ -16,19 +21,16 @@ from __future__ import annotations
 
 from kahuna.logs import get_logger
 from kahuna.orchestrator.compute import ComputeEffects
+from kahuna.orchestrator.connect_batch import ConnectReads
 from kahuna.orchestrator.dns import DnsEffects
 from kahuna.orchestrator.storage import StorageEffects
 from kahuna.resources import compute
+from kahuna.resources.storage import POOL
 from kahuna.resources.service import Resources
 
 log = get_logger("kahuna.agents")
 
 HOOK_TIMEOUT = 60.0
-
-
-def _advertises(hub, agent_id: str, method: str) -> bool:
-    status = hub.status(agent_id) or {}
-    return method in (status.get("methods") or ())
 
 
 async def dns_domains(resources: Resources, agent_id: str) -> list[dict]:
@@ -42,27 +44,31 @@ def install(hub, resources: Resources) -> None:
     resources.extras.setdefault("dns", DnsEffects(hub))
     storage, dns = resources.extras["storage"], resources.extras["dns"]
 
+    reads = ConnectReads(resources)
+
     async def kaktus(agent_id: str) -> None:
-        if not _advertises(hub, agent_id, "NodeCapabilities"):
+        if not hub.advertises(agent_id, "NodeCapabilities"):
             return
         caps = await hub.call(agent_id, "Kaktus.NodeCapabilities", {}, timeout=HOOK_TIMEOUT)
-        agent = await resources.get("agent", agent_id)
+        agent = await reads.agent(agent_id)
         if agent.get("capabilities") != caps:  # a reconnect storm rewrites nothing
             await resources.set_fields("agent", agent_id, {"capabilities": caps})
             log.info("kaktus capabilities stored", agent=agent_id)
-        await compute.record_caps(resources, agent_id, caps)
+        await compute.record_caps(resources, agent_id, caps,
+                                  listed=await reads.listing("kaktus", agent_id))
 
     async def kaktus_pools(agent_id: str) -> None:
-        if _advertises(hub, agent_id, "GetStoragePoolStats"):
-            await storage.on_agent_connect(resources, agent_id)
+        if hub.advertises(agent_id, "GetStoragePoolStats"):
+            await storage.on_agent_connect(resources, agent_id,
+                                           pools=await reads.listing(POOL.name, agent_id))
 
     async def kiwi(agent_id: str) -> None:
-        if not _advertises(hub, agent_id, "Reload"):
+        if not hub.advertises(agent_id, "Reload"):
             return
         await dns.reload_agent(resources, agent_id, timeout=HOOK_TIMEOUT)
 
     async def kontroller(agent_id: str) -> None:
-        if _advertises(hub, agent_id, "Reload"):
+        if hub.advertises(agent_id, "Reload"):
             await hub.call(agent_id, "Kontroller.Reload", {}, timeout=HOOK_TIMEOUT)
 
     hub.on_connect("Kaktus", kaktus)

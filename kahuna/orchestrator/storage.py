@@ -171,9 +171,10 @@ class StorageEffects:
             log.warning("storage pool statistics not refreshed", pool=pool["_id"],
                         error=getattr(exc, "reason", "timed out"))
 
-    async def on_agent_connect(self, res, agent_id: str) -> None:
-        """Connect hook of Kaktus agents: every pool listing the agent, through that agent."""
-        for pool in await listing_agent(res, POOL.name, agent_id):
+    async def on_agent_connect(self, res, agent_id: str, *, pools: list[Doc] | None = None) -> None:
+        """Connect hook of Kaktus agents: every pool listing the agent, through that agent
+        (`pools`: those pools, read by the caller -- the connect hooks' batched read)."""
+        for pool in await listing_agent(res, POOL.name, agent_id) if pools is None else pools:
             try:
                 await self.refresh_pool(res, pool, agent_id)
             except DomainError as exc:

@@ -108,11 +108,17 @@ def schedulable(doc: Doc) -> bool:
     return not doc.get("maintenance", False)
 
 
-async def record_caps(res, agent_id: str, reply: Any) -> int:
-    """Store a NodeCapabilities reply on every Kaktus listing `agent_id`; how many changed."""
+async def record_caps(res, agent_id: str, reply: Any, *, listed: list[Doc] | None = None) -> int:
+    """Store a NodeCapabilities reply on every Kaktus listing `agent_id`; how many changed.
+
+    `listed`: those Kaktus documents, read at or after the reply came (the connect hooks' batched
+    read); one already holding these capabilities is left alone without taking its lock (a
+    reconnect storm rewrites nothing); any other is re-read and written under its lock."""
     caps = caps_from_node(reply)
     changed = 0
-    for kaktus in await listing_agent(res, "kaktus", agent_id):
+    for kaktus in await listing_agent(res, "kaktus", agent_id) if listed is None else listed:
+        if listed is not None and kaktus.get("capabilities") == caps:
+            continue
         changed += await store_caps(res, kaktus["_id"], caps)
     return changed
 
