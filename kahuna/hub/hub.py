@@ -282,6 +282,12 @@ class Hub:
     def eligible_agents(self, agent_ids: Iterable[str], method: str) -> list[str]:
         return self.registry.eligible(agent_ids, method)
 
+    def advertises(self, agent_id: str, method: str) -> bool:
+        """Is the agent connected now with `method` ("Name" or "<Type>.Name") advertised?
+        (What a connect hook asks before calling: a dict lookup, not a `status` document.)"""
+        session = self.registry.get(agent_id)
+        return session is not None and session.supports(method)
+
     def is_connected(self, agent_id: str) -> bool:
         return agent_id in self.registry
 
@@ -389,7 +395,7 @@ class Hub:
                             while slots.pending >= slots.total:
                                 await trio.sleep(0.002)
                     try:
-                        sock, _ = accept()
+                        sock, peer = accept()
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError as exc:
@@ -410,7 +416,7 @@ class Hub:
                     sock.setblocking(False)
                     if sock.family in (socket.AF_INET, socket.AF_INET6):
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    nursery.start_soon(self._handle_connection, sock)
+                    nursery.start_soon(self._handle_connection, sock, peer)
         finally:
             trio.lowlevel.notify_closing(lsock)
             lsock.close()
@@ -457,24 +463,28 @@ class Hub:
                         return forwarded
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    async def _read_head(self, sock: socket.socket) -> bytes | None:
+    @staticmethod
+    def _recv_now(sock: socket.socket, buf: bytes) -> bytes | None:
+        """`buf` plus what the socket holds now (never waits); None when the peer left."""
+        try:
+            data = sock.recv(16384)
+        except (BlockingIOError, InterruptedError):
+            return buf
+        except OSError:
+            return None
+        return buf + data if data else None
+
+    async def _read_head(self, sock: socket.socket, buf: bytes = b"") -> bytes | None:
         """The upgrade request's bytes, through the blank line and whatever followed it;
         None when the peer left first. Raises BadUpgrade for an oversized head."""
-        buf = b""
         wait = trio.lowlevel.wait_readable
         while head_end(buf) < 0:
             if len(buf) > MAX_HEAD:
                 raise BadUpgrade(431, "request_head_too_large", b"request head too large\n")
             await wait(sock)
-            try:
-                data = sock.recv(16384)
-            except BlockingIOError:
-                continue
-            except OSError:
+            buf = self._recv_now(sock, buf)
+            if buf is None:
                 return None
-            if not data:
-                return None
-            buf += data
         return buf
 
     def _answer(self, sock: socket.socket, reason: str, status: int, body: bytes,
@@ -485,52 +495,91 @@ class Hub:
         except OSError:
             pass
 
+    def _needs_prepare(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """The agent id to `prepare` (the credential source may read the store on a miss) when
+        its credential is not in memory; None when nothing has to be awaited."""
+        if getattr(self.credentials, "prepare", None) is None:
+            return None
+        agent_id = _agent_id_header(headers)
+        return agent_id if self.credentials.lookup(agent_id) is None else None
+
     async def _handshake(self, sock: socket.socket,
                          peer: Any) -> tuple[Identity, str, bytes, bytes] | None:
         """Read the upgrade request and decide: (identity, remote address, bytes that came after
         the request, the 101 answer to send) when accepted, else None (refused: answered and
-        counted)."""
+        counted).
+
+        Usually the whole request is in the socket when it is accepted and the agent's key is
+        in memory: then nothing here waits and the answer is decided at once (no deadline
+        needed: no await). Otherwise (bytes still to come, a credential miss to read) every
+        wait is under `handshake_timeout`."""
         settings, stats = self.settings, self.stats
+        request = None
+        try:
+            data = self._recv_now(sock, b"")
+            if data is not None and head_end(data) >= 0:
+                request = parse_request(data[:head_end(data)])
+                if self._needs_prepare(request.headers) is None:
+                    return self._decide(sock, peer, data, request)
+        except BadUpgrade as exc:
+            self._answer(sock, exc.reason, exc.status, exc.body, exc.extra)
+            return None
+        if data is None:
+            stats.reject("closed_during_handshake")
+            return None
         with trio.move_on_after(settings.handshake_timeout):
-            try:
-                data = await self._read_head(sock)
-                if data is None:
-                    stats.reject("closed_during_handshake")
+            if request is None:
+                try:
+                    data = await self._read_head(sock, data)
+                    if data is None:
+                        stats.reject("closed_during_handshake")
+                        return None
+                    request = parse_request(data[:head_end(data)])
+                except BadUpgrade as exc:
+                    self._answer(sock, exc.reason, exc.status, exc.body, exc.extra)
                     return None
-                end = head_end(data)
-                request = parse_request(data[:end])
-            except BadUpgrade as exc:
-                self._answer(sock, exc.reason, exc.status, exc.body, exc.extra)
+            if not self._admitted(sock):
                 return None
-            if self.admission is not None and not self.admission():
-                self._answer(sock, "standby", 503, b"standby: this Kahuna is not the active node\n")
-                return None
-            prepare = getattr(self.credentials, "prepare", None)  # a miss may read the store
-            if prepare is not None:
-                await prepare(_agent_id_header(request.headers))
-            verdict = self.verifier.verify(request.target, request.headers)
-            if isinstance(verdict, Refusal):
-                log.debug("agent handshake refused", status=verdict.status, reason=verdict.reason)
-                self._answer(sock, verdict.reason, verdict.status, verdict.body)
-                return None
-            if self._shutting_down:
-                self._answer(sock, "shutting_down", 503, b"shutting down\n")
-                return None
-            # the 101 leaves with the session's first frame (its Capabilities request): one
-            # send and one wake-up of the agent per connect instead of two (see Session._write)
-            return (verdict, self._remote_address(peer, request.headers), data[end:],
-                    accept_response(request.key))
+            agent_id = self._needs_prepare(request.headers)
+            if agent_id is not None:
+                await self.credentials.prepare(agent_id)  # type: ignore[attr-defined]
+            return self._decide(sock, peer, data, request)
         stats.reject("handshake_timeout")
         return None
 
-    async def _handle_connection(self, sock: socket.socket) -> None:
+    def _admitted(self, sock: socket.socket) -> bool:
+        if self.admission is not None and not self.admission():
+            self._answer(sock, "standby", 503, b"standby: this Kahuna is not the active node\n")
+            return False
+        return True
+
+    def _decide(self, sock: socket.socket, peer: Any, data: bytes,
+                request: Any) -> tuple[Identity, str, bytes, bytes] | None:
+        if not self._admitted(sock):
+            return None
+        verdict = self.verifier.verify(request.target, request.headers)
+        if isinstance(verdict, Refusal):
+            log.debug("agent handshake refused", status=verdict.status, reason=verdict.reason)
+            self._answer(sock, verdict.reason, verdict.status, verdict.body)
+            return None
+        if self._shutting_down:
+            self._answer(sock, "shutting_down", 503, b"shutting down\n")
+            return None
+        # the 101 leaves with the session's first frame (its Capabilities request): one
+        # send and one wake-up of the agent per connect instead of two (see Session._write)
+        return (verdict, self._remote_address(peer, request.headers), data[head_end(data):],
+                accept_response(request.key))
+
+    async def _handle_connection(self, sock: socket.socket, peer: Any = None) -> None:
+        """One accepted connection (`peer`: the address accept() answered)."""
         stats = self.stats
         stats.connections += 1
         try:
-            try:
-                peer = sock.getpeername()
-            except OSError:
-                return
+            if not peer:
+                try:
+                    peer = sock.getpeername()
+                except OSError:
+                    return
             if not self._handshake_slots.acquire(peer[0]):  # unfinished handshakes are bounded
                 stats.reject("too_many_handshakes")
                 try:

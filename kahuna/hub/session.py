@@ -6,7 +6,8 @@
     |                            (the hub's poller calls `on_readable`: frames -> replies
     |                            resolve their call by id; pings answered; the agent's close)
     +-- _start                   <Type>.Capabilities, then registration, then the connect hooks
-    |   +-- hooks                each in its own task; failures are logged, never fatal
+    |   +-- hooks                each in its own task (the last in _start's); failures are
+    |                            logged, never fatal
     +-- _flush                   only while the agent reads slower than we write (backpressure)
     calls                        run in the caller's task: the frame is written at once (no
                                  lock, no await), then the caller parks until its reply, its
@@ -554,8 +555,11 @@ class Session:
         if not host.ready(self):
             return
         assert self._nursery is not None
-        for hook in host.hooks(self.agent_type):
-            self._nursery.start_soon(self._run_hook, hook)
+        hooks = host.hooks(self.agent_type)
+        if hooks:
+            for hook in hooks[:-1]:
+                self._nursery.start_soon(self._run_hook, hook)
+            await self._run_hook(hooks[-1])   # in this task: one task fewer per connect
 
     async def _run_hook(self, hook: ConnectHook) -> None:
         try:
