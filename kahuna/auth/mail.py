@@ -35,7 +35,7 @@ from kahuna.logs import get_logger
 from kahuna.resources.errors import Unavailable
 from kahuna.resources.kind import Kind, register
 from kahuna.store import errors as store_errors
-from kahuna.store.base import new_id
+from kahuna.store.base import delete_if_present, new_id
 
 from kahuna.auth.secrets import seal, unseal
 
@@ -134,7 +134,7 @@ class Outbox:
             except ValueError:
                 log.error("mail dropped", id=doc["_id"], to=doc.get("to"), subject=doc.get("subject"),
                           reason="body does not open with this server secret")
-                await _forget(store, doc["_id"])
+                await delete_if_present(store, OUTBOX.collection, doc["_id"])
                 continue
             outgoing.append(_Outgoing(doc, self._message(doc, text)))
         if outgoing:
@@ -143,13 +143,13 @@ class Outbox:
         for out in outgoing:
             doc = out.doc
             if out.sent:
-                await _forget(store, doc["_id"])
+                await delete_if_present(store, OUTBOX.collection, doc["_id"])
                 log.info("mail sent", id=doc["_id"], to=doc.get("to"), subject=doc.get("subject"))
                 continue
             attempts = int(doc.get("attempts", 0)) + 1
             age = now - _timestamp(doc.get("created_at"), now)
             if out.permanent or age >= self.max_age:
-                await _forget(store, doc["_id"])
+                await delete_if_present(store, OUTBOX.collection, doc["_id"])
                 log.error("mail dropped", id=doc["_id"], to=doc.get("to"), subject=doc.get("subject"),
                           attempts=attempts, reason=out.error)
                 continue
@@ -216,13 +216,6 @@ class Outbox:
                 client.quit()
             except (OSError, smtplib.SMTPException):
                 client.close()
-
-
-async def _forget(store, mail_id: str) -> None:
-    try:
-        await store.delete(OUTBOX.collection, mail_id)
-    except store_errors.NotFound:
-        pass
 
 
 def _timestamp(value: Any, default: float) -> float:

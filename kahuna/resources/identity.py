@@ -33,8 +33,7 @@ from kahuna.resources.errors import ConflictError, Forbidden, Invalid, NotFoundE
 from kahuna.resources.kind import Access, Hooks, Kind, base_fields, register
 from kahuna.resources.types import Bool, Enum, Field, Int, ListOf, Name, Obj, Ref, Str, Type
 from kahuna.resources.views import map_as_pairs, register_view
-from kahuna.store import errors as store_errors
-from kahuna.store.base import is_valid_id, new_id
+from kahuna.store.base import delete_if_present, is_valid_id, new_id
 
 log = get_logger("kahuna.identity")
 
@@ -101,7 +100,7 @@ async def open_session(res, user: Doc, lifetime_seconds: float) -> tuple[str, da
     expires = now + timedelta(seconds=lifetime_seconds)
     for old in await res.list(SESSION, user_id=user["_id"]):
         if _as_datetime(old.get("expires_at")) <= now:
-            await _delete_quietly(res, SESSION, old["_id"])
+            await delete_if_present(res.store, SESSION.collection, old["_id"])
     session_id = new_id()
     await res.store.insert(SESSION.collection, {
         "_id": session_id, "schema_version": SESSION.schema_version, "created_at": now,
@@ -120,7 +119,7 @@ async def session_alive(res, session_id: str, user_id: str) -> bool:
 
 
 async def close_session(res, session_id: str) -> None:
-    await _delete_quietly(res, SESSION, session_id)
+    await delete_if_present(res.store, SESSION.collection, session_id)
 
 
 async def close_sessions(res, user_id: str, *, keep: str | None = None) -> int:
@@ -128,7 +127,7 @@ async def close_sessions(res, user_id: str, *, keep: str | None = None) -> int:
     count = 0
     for doc in await res.list(SESSION, user_id=user_id):
         if doc["_id"] != keep:
-            await _delete_quietly(res, SESSION, doc["_id"])
+            await delete_if_present(res.store, SESSION.collection, doc["_id"])
             count += 1
     return count
 
@@ -662,11 +661,3 @@ def _hours(hours: float) -> str:
     if hours >= 1 and float(hours).is_integer():
         return f"{int(hours)} hour{'s' if hours != 1 else ''}"
     return f"{round(hours * 60)} minutes" if hours * 60 >= 1 else f"{round(hours * 3600)} seconds"
-
-
-async def _delete_quietly(res, kind: Kind, doc_id: str) -> None:
-    """Delete without the service's logging and locks (internal documents: sessions)."""
-    try:
-        await res.store.delete(kind.collection, doc_id)
-    except store_errors.NotFound:
-        pass
