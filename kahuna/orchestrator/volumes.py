@@ -15,8 +15,9 @@ In the request: done -> grown; the agent answered an error (502) or nothing was 
 grown, at once. When the answer is unknown (504, the client gone, the agent away mid-call) or
 Kahuna was killed, the flow is left to recovery, which asks the agent (`GetVolumeInfos`): an image
 already at the new size is grown (it cannot be shrunk back: finish forward, like a Kompute
-delete); a smaller one is not grown, but only once the flow is older than the late grace (one
-call timeout, at most `MAX_LATE_GRACE`), since an abandoned call may still land on the agent.
+delete); a smaller one is not grown, but only once the late grace (one call timeout, at most
+`MAX_LATE_GRACE`) has passed since the call was given up (stamped in the plan by the request,
+or by the first recovery after a crash), since an abandoned call may still land on the agent.
 While a resize of a volume is unsettled, another resize or a delete of it is a 409.
 """
 
@@ -95,7 +96,7 @@ class VolumeEffects:
         flow = Flow(res, RESIZE_FLOW, doc["_id"])
         plan = {"volume_id": doc["_id"], "project_id": doc["project_id"], "pool_id": pool["_id"],
                 "image": doc.get("image") or doc["name"], "size": int(doc["size"]),
-                "old_size": int(doc["size"]) - int(delta), "hold": flow.id, "started": time.time()}
+                "old_size": int(doc["size"]) - int(delta), "hold": flow.id}
         await flow.start(resume=plan)
         try:
             await quota.reserve(res, plan["project_id"], hold=plan["hold"], storage=int(delta))
@@ -110,7 +111,10 @@ class VolumeEffects:
             raise
         except BaseException:  # unknown (timed out, cancelled, agent gone): recovery asks the agent
             log.warning("volume resize left to recovery", volume=doc["_id"], size=plan["size"])
-            flow.release()
+            try:
+                await _abandoned(res, flow)
+            finally:
+                flow.release()
             raise
         await _settle_here(res, flow, grown=True)
 
@@ -161,6 +165,14 @@ async def _settle_here(res, flow: Flow, *, grown: bool) -> None:
         raise
 
 
+async def _abandoned(res, flow: Flow) -> None:
+    """Stamp when the call was given up (here, or first seen by recovery after a crash): the
+    late grace runs from then."""
+    flow.plan["abandoned"] = time.time()
+    with trio.CancelScope(shield=True):
+        await res.store.update_fields(FLOWS, flow.id, {"plan": flow.plan})
+
+
 def late_grace(res) -> float:
     settings = getattr(res.extras.get("hub"), "settings", None)
     return min(float(getattr(settings, "call_timeout", 0.0) or 0.0), MAX_LATE_GRACE)
@@ -186,9 +198,11 @@ async def _resume_resize(res, flow: Flow) -> None:
     """Recovery: grown if the agent's image has the new size, else (once past the late grace)
     not grown. An agent still away raises: the flow stays, retried by `recover_loop`."""
     plan = flow.plan
+    if not plan.get("abandoned"):  # left by a dead process
+        await _abandoned(res, flow)
     size = await _image_size(res, plan)
     grown = size is not None and size >= plan["size"]
-    if not grown and size is not None and time.time() - float(plan.get("started") or 0) < late_grace(res):
+    if not grown and size is not None and time.time() - float(plan["abandoned"]) < late_grace(res):
         raise ResizeUnsettled(f"image {plan['image']} is {size} bytes: an abandoned ResizeVolume may still land")
     log.warning("volume resize settled by recovery", volume=plan["volume_id"], grown=grown, image_size=size)
     await _settle(res, plan, grown=grown)

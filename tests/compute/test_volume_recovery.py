@@ -5,6 +5,9 @@ always agree once Kahuna has settled the resize's flow.
 - the normal path: 200 with the new size, image grown, usage + delta, nothing left pending;
 - the agent refuses (`ResizeVolume` answers an error): 502 with the agent's reason, usage and
   document as they were;
+- the call times out (504) and the agent grows the image later: the resize is finished, and
+  until then another resize or a delete of the volume is a 409;
+- the agent's connection is cut mid-call (503, nothing done): usage given back;
 - the client goes away while `ResizeVolume` is on its way: the agent grows the image anyway
   (a cancelled call is abandoned, not recalled), so Kahuna finishes the resize;
 - SIGKILL of Kahuna while the sim has not grown the image yet (`delay`: the call dies with the
@@ -20,7 +23,7 @@ import time
 
 from agent.sim.model import GiB
 from tests.compute.crash import in_thread, kill_and_restart
-from tests.infra.helpers import MASTER_KEY, http, stored, unique, wait_for
+from tests.infra.helpers import CALL_TIMEOUT, MASTER_KEY, http, stored, unique, wait_for
 
 
 def _flows(kahuna) -> int:
@@ -112,6 +115,38 @@ def test_a_client_gone_during_the_resize_leaves_usage_size_and_image_agreeing(ka
     wait_for(lambda: k.image("ssd", image)["size"] == 3 * GiB, "the sim to grow the image")
     wait_for(lambda: _flows(kahuna) == 0, "Kahuna to settle the resize", timeout=30)
     _assert_settled(kahuna, world, vid, image, 3 * GiB, base + 3 * GiB)
+    _delete(kahuna, vid)
+    assert _usage(kahuna, world) == base
+
+
+def test_a_timed_out_resize_is_settled_by_what_the_agent_did(kahuna, world):
+    k = world["kaktus"]
+    base = _usage(kahuna, world)
+    vid, image = _volume(kahuna, world, 2 * GiB)
+    k.faults.delay("ResizeVolume", CALL_TIMEOUT + 1.5, times=1)  # grown after Kahuna gave up
+    status, body = _grow(kahuna, vid, 3 * GiB)
+    assert status == 504 and "ResizeVolume timed out" in body["reason"], body
+    # unsettled until the agent's image tells: no other resize, no delete meanwhile
+    status, body = _grow(kahuna, vid, 4 * GiB)
+    assert status == 409 and "resize is still being settled" in body["reason"], body
+    status, body = http(kahuna, "DELETE", f"/volume/{vid}")
+    assert status == 409 and "resize is still being settled" in body["reason"], body
+    wait_for(lambda: _flows(kahuna) == 0, "Kahuna to settle the resize", timeout=30)
+    _assert_settled(kahuna, world, vid, image, 3 * GiB, base + 3 * GiB)
+    _delete(kahuna, vid)
+    assert _usage(kahuna, world) == base
+
+
+def test_a_resize_lost_with_the_agent_connection_is_given_back(kahuna, world):
+    k = world["kaktus"]
+    base = _usage(kahuna, world)
+    vid, image = _volume(kahuna, world, 2 * GiB)
+    k.faults.drop("ResizeVolume", times=1)  # the connection cut mid-call: nothing done
+    status, body = _grow(kahuna, vid, 3 * GiB)
+    assert status == 503 and "no eligible agent" in body["reason"], body
+    k.wait_connected()
+    wait_for(lambda: _flows(kahuna) == 0, "Kahuna to settle the resize", timeout=30)
+    _assert_settled(kahuna, world, vid, image, 2 * GiB, base + 2 * GiB)
     _delete(kahuna, vid)
     assert _usage(kahuna, world) == base
 
