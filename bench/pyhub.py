@@ -5,7 +5,9 @@ contract on a loopback port, so `../shared/peers/bench.sh` measures it exactly l
 
 GET /stats (registered, rss), POST /fanout, POST /rpcload: see kahuna/hub/__main__.py `Control`.
 This is a benchmark harness, not part of the daemon: the control port exists only here. The
-daemon runs as in production (no gc.freeze(): frozen sessions would keep their garbage).
+daemon runs as in production (no gc.freeze(): frozen sessions would keep their garbage), and
+starts as `kahuna.py` does: its ports bound right after the config is read (kahuna/listeners.py),
+then the imports and the store.
 """
 
 from __future__ import annotations
@@ -17,38 +19,35 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import trio
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kahuna import logs  # noqa: E402
 from kahuna.cli import ensure_secrets  # noqa: E402
 from kahuna.config import load  # noqa: E402
-from kahuna.hub.__main__ import Control  # noqa: E402
-from kahuna.server import run  # noqa: E402
+from kahuna.listeners import bind  # noqa: E402
 
 
-async def main(args: argparse.Namespace) -> None:
-    config, _ = load(args.config)
-    logs.setup(config.log_level)
+async def main(args: argparse.Namespace, config, listeners) -> None:
+    from kahuna.hub.__main__ import Control
+    from kahuna.server import run
     secrets = ensure_secrets(config, sys.stderr)
     host, _, port = args.ctl.rpartition(":")
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(run, config, secrets, shutdown)
+            bound = await nursery.start(partial(run, config, secrets, shutdown, listeners=listeners))
             extras = trio.CancelScope()
-            nursery.start_soon(serve_extras, extras, bound.hub, host, int(port))
+            nursery.start_soon(serve_extras, extras, Control(bound.hub), host, int(port))
             async for _ in signals:
                 break
             extras.cancel()
             shutdown.set()  # `run` closes the sessions (1001) and returns; the nursery ends
 
 
-async def serve_extras(scope: trio.CancelScope, hub, host: str, port: int) -> None:
+async def serve_extras(scope: trio.CancelScope, control, host: str, port: int) -> None:
     with scope:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(trio.serve_tcp, Control(hub).handle, port, host=host))
+            nursery.start_soon(partial(trio.serve_tcp, control.handle, port, host=host))
 
 
 if __name__ == "__main__":
@@ -57,4 +56,9 @@ if __name__ == "__main__":
     parser.add_argument("--ctl", default="127.0.0.1:18081")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    trio.run(main, parser.parse_args())
+    args = parser.parse_args()
+    config, _ = load(args.config)
+    logs.setup(config.log_level)
+    with bind(config) as listeners:  # first: agents of the reconnect storm queue meanwhile
+        import trio
+        trio.run(main, args, config, listeners)

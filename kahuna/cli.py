@@ -1,7 +1,11 @@
 """Command line: run the daemon (default), or run migrations (-m) and exit.
 
-Exit codes: 0 clean stop, 1 runtime failure (e.g. the database is unreachable at start),
-2 bad usage or configuration (reported before any port is bound).
+Exit codes: 0 clean stop, 1 runtime failure (e.g. the database is unreachable at start, a port
+already in use), 2 bad usage or configuration (reported before any port is bound).
+
+The daemon binds its ports right after reading the configuration (kahuna/listeners.py), then
+imports its stack (kahuna.server and what it pulls: trio, quart, hypercorn, the API) and loads the
+store: so the heavy imports live in the functions below, not at the top of this module.
 """
 
 from __future__ import annotations
@@ -11,20 +15,15 @@ import json
 import signal
 import sys
 
-import trio
-
 from kahuna import __version__, logs
 from kahuna.auth import generated
-from kahuna.config import Config, ConfigError, load
-from kahuna.orchestrator.agent_credentials import StoredAgentCredentials
-from kahuna.orchestrator.agent_keys import AgentKeys
-from kahuna.resources.agents import AGENT_TYPES
-from kahuna.resources.errors import DomainError
-from kahuna.resources.service import Resources
-from kahuna.server import Secrets, prepared_store, run
-from kahuna.store import errors as store_errors
+from kahuna.config import Config, ConfigError, Secrets, load
+from kahuna.listeners import BindError, bind
 
 log = logs.get_logger("kahuna")
+
+
+AGENT_TYPE_CHOICES = ("Kaktus", "Kiwi", "Kontroller")  # kahuna.resources.agents.AGENT_TYPES (tested)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,7 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     agent_cmds = agent.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
     create = agent_cmds.add_parser("create", help="create an agent and its key")
     create.add_argument("--name", required=True)
-    create.add_argument("--type", required=True, choices=AGENT_TYPES)
+    create.add_argument("--type", required=True, choices=AGENT_TYPE_CHOICES)
     create.add_argument("--description", default="")
     create.add_argument("--count", type=int, default=1,
                         help="create COUNT agents named NAME-0001... (one JSON line each with --json)")
@@ -71,16 +70,28 @@ def main(argv: list[str]) -> int:
         secrets = ensure_secrets(config, sys.stderr if args.command else sys.stdout)
     except (OSError, ValueError) as exc:
         return fail(f"global.dataDir: {config.data_dir}: {exc}")
+    listeners = None
+    if not args.command and not args.migrate:
+        try:  # before the imports below: agents dialing meanwhile queue instead of being refused
+            listeners = bind(config)
+        except OSError as exc:  # BindError names the setting and the address
+            return fail(str(exc) if isinstance(exc, BindError) else f"cannot listen: {exc}", 1)
+    import trio
+
+    from kahuna.store import errors as store_errors
     try:
         if args.command == "agent":
             return trio.run(agent_command, config, secrets, args)
         if args.migrate:
             trio.run(migrate, config)
         else:
-            trio.run(serve_until_signal, config, secrets)
+            trio.run(serve_until_signal, config, secrets, listeners)
     except store_errors.Unavailable as exc:
         log.error("database unavailable", error=str(exc))
         return 1
+    finally:
+        if listeners is not None:
+            listeners.close()
     return 0
 
 
@@ -110,16 +121,20 @@ def announce_master_key(made: generated.Generated, stream) -> None:
     )
 
 
-async def serve_until_signal(config: Config, secrets: Secrets) -> None:
+async def serve_until_signal(config: Config, secrets: Secrets, listeners=None) -> None:
+    import trio
+
+    from kahuna.server import run
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
-        await run(config, secrets, shutdown)
+        await run(config, secrets, shutdown, listeners=listeners)
         nursery.cancel_scope.cancel()
     log.info("stopped")
 
 
-async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
+async def _watch_signals(shutdown, scope) -> None:
+    import trio
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if shutdown.is_set():  # a second signal: stop now
@@ -130,6 +145,7 @@ async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
 
 
 async def migrate(config: Config) -> None:
+    from kahuna.server import prepared_store
     async with prepared_store(config):
         pass
     log.info("migration done", detail="indexes ensured")
@@ -138,6 +154,11 @@ async def migrate(config: Config) -> None:
 async def agent_command(config: Config, secrets: Secrets, args: argparse.Namespace) -> int:
     """Create agents / rotate keys straight in the store, for operators without mail. A running
     Kahuna on the same database picks the new keys up within seconds (credentials marker)."""
+    from kahuna.orchestrator.agent_credentials import StoredAgentCredentials
+    from kahuna.orchestrator.agent_keys import AgentKeys
+    from kahuna.resources.errors import DomainError
+    from kahuna.resources.service import Resources
+    from kahuna.server import prepared_store
     async with prepared_store(config) as store:
         resources = Resources(store, config=config, secrets=secrets)
         keys = AgentKeys(resources, StoredAgentCredentials(resources, secrets.server_secret))

@@ -102,6 +102,17 @@ class CloudInit:
 
 
 @dataclass(frozen=True)
+class Secrets:
+    """The three secrets the daemon runs with: configured, or generated into the data
+    directory (`kahuna.cli.ensure_secrets`). Defined here, not in kahuna.server, so the entry
+    point has them without importing the server's stack (it binds its ports first)."""
+
+    master_key: str
+    jwt_signature: str
+    server_secret: str
+
+
+@dataclass(frozen=True)
 class Config:
     log_level: str = "INFO"
     public_url: str = "http://127.0.0.1:8080"

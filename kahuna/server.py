@@ -1,7 +1,11 @@
 """The root of the task tree: store, HTTP app and agent hub in one trio nursery.
 
 `run(config)` is started with `nursery.start`, so callers (the entry point, tests) learn the bound
-addresses instead of sleeping. Both listeners live in the same nursery: a crash of one cancels
+addresses instead of sleeping. Its listening sockets come bound from the entry point
+(`listeners=`, see kahuna/listeners.py: bound before this module's imports, so agents dialing a
+restarting Kahuna wait in the backlog instead of being refused); without them `run` binds its
+own first thing, the same way. Either way they are accepted from only once the hub and the app
+serve. Both listeners live in the same nursery: a crash of one cancels
 the other and the process exits non-zero for systemd to restart it. `shutdown` (an Event) asks for
 a graceful stop: stop accepting, close agent sessions with 1001, finish in-flight requests.
 """
@@ -15,7 +19,9 @@ from typing import AsyncIterator
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from kahuna.api import agents as agents_api
 from kahuna.api import compute as compute_api
@@ -27,10 +33,11 @@ from kahuna.api.app import create_app
 from kahuna.api.authn import HeaderAuthenticator
 from kahuna.api.guard import guard
 from kahuna.auth.mail import Outbox
-from kahuna.config import Config
+from kahuna.config import Config, Secrets  # noqa: F401  (Secrets: kahuna.server.Secrets, as before)
 from kahuna.ha import wiring as ha
 from kahuna.hub.hub import Hub
 from kahuna.hub.settings import HubSettings
+from kahuna.listeners import HTTP_BACKLOG, HUB_BACKLOG, Listeners, bind
 from kahuna.logs import get_logger
 from kahuna.observability.inventory import Inventory
 from kahuna.orchestrator import agent_hooks, flows
@@ -49,13 +56,6 @@ GRACEFUL_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
-class Secrets:
-    master_key: str
-    jwt_signature: str
-    server_secret: str
-
-
-@dataclass(frozen=True)
 class Bound:
     """What a started Kahuna tells its starter (tests and benchmarks reach the hub through it)."""
 
@@ -68,7 +68,7 @@ class Bound:
 def hypercorn_config(config: Config) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"{config.http.address}:{config.http.port}"]
-    hc.backlog = 2048  # reconnect storms after a failover
+    hc.backlog = HTTP_BACKLOG  # reconnect storms after a failover
     hc.graceful_timeout = GRACEFUL_SECONDS
     # an idle keep-alive connection, or a request whose next bytes do not come, is closed after
     # 30 s (read_timeout applies to every read, idle or not, so it must not undercut keep-alive)
@@ -108,7 +108,7 @@ def hub_settings(config: Config) -> HubSettings:
         max_message_size=config.hub.max_message_size,
         clock_skew=config.hub.clock_skew,
         trusted_proxies=frozenset(config.trusted_proxies),  # Caddy in front: the agent's real address
-        backlog=4096,  # a reconnect storm after a failover
+        backlog=HUB_BACKLOG,  # a reconnect storm after a failover
     )
 
 
@@ -129,7 +129,15 @@ def build_app(resources: Resources, secrets: Secrets, *, hub=None, agent_keys=No
 
 
 async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
-              task_status=trio.TASK_STATUS_IGNORED) -> None:
+              listeners: Listeners | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until `shutdown`; `listeners`: the ports bound beforehand (kahuna.listeners.bind;
+    taken over and closed here), else bound now, before the store opens."""
+    with listeners if listeners is not None else bind(config) as bound:
+        await _run(config, secrets, shutdown, bound, task_status)
+
+
+async def _run(config: Config, secrets: Secrets, shutdown: trio.Event, listeners: Listeners,
+               task_status) -> None:
     async with prepared_store(config) as store:
         node = ha.build_node(config)  # single on the embedded store; else the lease decides
         store = ha.fenced(store, node)  # every write of this process goes through the fence
@@ -148,12 +156,14 @@ async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
         node.while_active(partial(flows.recover_loop, resources))  # flows a dead process left
         node.while_active(partial(inventory.run, store))  # loaded when serving, dropped when passive
         app, _ = build_app(resources, secrets, hub=hub, agent_keys=agent_keys)
+        await credentials.reload_if_changed()  # keys changed by another process while starting
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serve_http, app, config, shutdown)
+            binds = await nursery.start(_serve_http, app, config, shutdown, listeners.http)
             background = trio.CancelScope()  # the hub and the watchers: cancelled at shutdown
             hub_addr = await nursery.start(_serve_background, background, hub, node, credentials, config,
                                            partial(outbox.run, resources),
-                                           partial(resources.extras["storage"].run, resources))
+                                           partial(resources.extras["storage"].run, resources),
+                                           listeners.hub)
             http_addr = _parse_bind(binds[0])
             log.info("listening", service="http", address=f"{http_addr[0]}:{http_addr[1]}")
             log.info("listening", service="hub", address=f"{hub_addr[0]}:{hub_addr[1]}")
@@ -167,16 +177,25 @@ async def run(config: Config, secrets: Secrets, shutdown: trio.Event, *,
             background.cancel()
 
 
-async def _serve_http(app, config: Config, shutdown: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED):
-    await hypercorn_serve(guard(app), hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
+async def _serve_http(app, config: Config, shutdown: trio.Event, sockets, *,
+                      task_status=trio.TASK_STATUS_IGNORED):
+    """hypercorn on the pre-bound, listening `sockets` (what `hypercorn.trio.serve` does, minus
+    binding: its worker entry point takes sockets; `Config.bind` stays set for its logs)."""
+    hc = hypercorn_config(config)
+    await worker_serve(wrap_app(guard(app), hc.wsgi_max_body_size, None), hc,
+                       sockets=Sockets(secure_sockets=[], insecure_sockets=list(sockets), quic_sockets=[]),
+                       shutdown_trigger=shutdown.wait, task_status=task_status)
 
 
 async def _serve_background(scope: trio.CancelScope, hub: Hub, node, credentials: StoredAgentCredentials,
-                            config: Config, outbox_run=None, pool_refresh=None, *,
+                            config: Config, outbox_run=None, pool_refresh=None, hub_sockets=None, *,
                             task_status=trio.TASK_STATUS_IGNORED):
     with scope:
         async with trio.open_nursery() as nursery:
-            address = await nursery.start(hub.serve, config.hub.address, config.hub.port)
+            listeners = None if hub_sockets is None else [
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in hub_sockets]
+            address = await nursery.start(partial(hub.serve, config.hub.address, config.hub.port,
+                                                  listeners=listeners))
             # tasks that write run only while this node is active (always when single)
             node.while_active(credentials.watch)
             if outbox_run is not None:

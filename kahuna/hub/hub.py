@@ -140,11 +140,15 @@ class Hub:
     # ================================================================= public API
 
     async def serve(self, host: str | None, port: int, *,
+                    listeners: list[trio.SocketListener] | None = None,
                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on host:port until cancelled or `shutdown()`; reports the bound (host, port)."""
+        """Listen on host:port until cancelled or `shutdown()`; reports the bound (host, port).
+        `listeners`: already listening (bound early by the daemon, kahuna/listeners.py), used
+        instead of binding host:port; taken over (closed when serving ends)."""
         if self._serve_scope is not None:
             raise RuntimeError("this hub is already serving")
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=self.settings.backlog)
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=self.settings.backlog)
         _raise_gc_thresholds(self.settings.gc_threshold, self.settings.gc_threshold_gen1)
         self._shutting_down = False
         self._stopped = trio.Event()
