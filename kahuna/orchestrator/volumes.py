@@ -1,9 +1,12 @@
 """Volume side effects on the pool's Kaktus agents, as durable flows (kahuna.orchestrator.flows).
 
 Create: the document is already inserted by the service; the flow records it (undo: delete the
-document), reserves the storage quota (undo: release), then records the image *before* asking an
-agent of the pool for it (undo: `DeleteVolume`, an image already gone counts as deleted) — so a
-failure, a cancelled request or a SIGKILL at any point leaves no image, no document, no usage.
+document), records then reserves the storage quota as a hold of the flow (undo: give it back if
+it was taken, kahuna.resources.quota: a crash between the two writes can neither leave the size
+counted for an undone volume nor give back what was never taken), then records the image
+*before* asking an agent of the pool for it (undo: `DeleteVolume`, an image already gone counts
+as deleted) — so a failure, a cancelled request or a SIGKILL at any point leaves no image, no
+document, no usage.
 
 Resize (grow; a shrink is refused before, 422) is a forward flow `volume.resize` whose plan (the
 volume, its pool and image, the old and the new size) is stored *before* anything changes; the
@@ -69,13 +72,15 @@ class VolumeEffects:
             raise
         if own:
             await flow.finish()
+            with trio.CancelScope(shield=True):  # the hold is kept (else the next hold write drops it)
+                await quota.settle(res, doc["project_id"], f"{flow.id}-{doc['_id']}", keep=True)
 
     async def create_in(self, res, doc: Doc, flow: Flow) -> None:
         await flow.record("document", undo="store.delete", data={"collection": "volume", "id": doc["_id"]})
         size = int(doc["size"])
-        await quota.reserve(res, doc["project_id"], storage=size)
-        await flow.record("quota", undo="project.usage",
-                          data={"project_id": doc["project_id"], "delta": {"storage": size}})
+        hold = f"{flow.id}-{doc['_id']}"  # recorded before the usage moves, undone only if it did
+        await flow.step("quota", lambda: quota.reserve(res, doc["project_id"], hold=hold, storage=size),
+                        undo="project.hold", data={"project_id": doc["project_id"], "hold": hold})
         pool = await res.get("pool", doc["storage_pool_id"])
         params = {"Pool": pool["libvirt_pool"], "Volume": doc["image"], "Size": size}
         method = "CreateRawVolume"

@@ -16,6 +16,9 @@ of the project document, and `settle(hold, keep=...)` ends it — keeping the us
 done) or giving it back — only if the marker is there. So a flow recovered after a crash settles
 exactly what was reserved, whether the crash came before the reservation, after it, or after an
 earlier settle: a bare `release` of the delta would give back what was never taken, or twice.
+A hold id starts with its flow's id; a marker whose flow document is gone was kept (the flow
+finished: an undone flow gives its holds back before its document goes), so the markers left by
+flows that end without settling (a Kompute create's disks) are dropped at the next write of holds.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from kahuna.logs import get_logger
+from kahuna.orchestrator.flows import COLLECTION as FLOWS
 from kahuna.orchestrator.flows import register_undo
 from kahuna.resources.errors import InsufficientResources, NotFoundError
 
@@ -48,16 +52,28 @@ def _usage(project: dict) -> dict[str, int]:
     return {k: int(usage.get(k, 0) or 0) for k in DIMENSIONS}
 
 
+async def _pending(res, project: dict) -> dict:
+    """The project's holds whose flow is still stored (the others were kept: see above)."""
+    holds = dict(project.get(HOLDS) or {})
+    if not holds:
+        return holds
+    flows = await res.store.find(FLOWS, {"_id": {"$in": sorted({h[:24] for h in holds})}})
+    stored = {f["_id"] for f in flows}
+    return {h: d for h, d in holds.items() if h[:24] in stored}
+
+
 async def reserve(res, project_id: str, *, hold: str = "", **delta: int) -> dict[str, int]:
     """Add `delta` to the project's usage if every positive part fits its quota; else 507.
-    With `hold`, the reservation is marked under that id (once: a second call with the same
-    hold changes nothing) until `settle` ends it."""
+    With `hold` (starting with the flow's id), the reservation is marked under that id (once: a
+    second call with the same hold changes nothing) until `settle` ends it or its flow finishes."""
     async with _lock(res, project_id):
         project = await res.get("project", project_id)
         usage = _usage(project)
         holds = dict(project.get(HOLDS) or {})
         if hold and hold in holds:
             return usage
+        if hold:
+            holds = await _pending(res, project)
         quotas = project.get("quotas") or {}
         for dim, amount in delta.items():
             limit = int(quotas.get(dim, 0) or 0)
@@ -98,6 +114,7 @@ async def settle(res, project_id: str, hold: str, *, keep: bool) -> bool:
         delta = holds.pop(hold, None)
         if delta is None:
             return False
+        holds = await _pending(res, {HOLDS: holds})
         fields: dict[str, Any] = {HOLDS: holds}
         if not keep:
             usage = _usage(project)

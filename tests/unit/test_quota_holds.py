@@ -1,0 +1,97 @@
+"""A flow's quota step, crashed at each of its two store writes, over a real embedded store.
+
+A volume create records its quota step in its flow document and moves the project's usage: two
+writes of two documents. A process killed between them must leave nothing to correct by hand once
+`recover` has run: usage back to what it was, whichever write was the last one made. The "crash"
+is the store refusing every write from that point on (what a SIGKILL looks like from the store);
+recovery then runs on the same file, as the next process would."""
+
+from __future__ import annotations
+
+import pytest
+
+from kahuna.orchestrator import flows
+from kahuna.orchestrator.volumes import VolumeEffects
+from kahuna.resources import identity, volume  # noqa: F401  (the project and volume kinds)
+from kahuna.resources import quota
+from kahuna.resources.service import Resources
+from kahuna.store.base import new_id
+from kahuna.store.embedded import EmbeddedStore
+
+GiB = 1 << 30
+
+
+class Killed(BaseException):
+    """The process died: nothing after this write happens."""
+
+
+class DyingStore:
+    """The embedded store, until the `n`th write of `collection`: that write and every later one
+    never happen."""
+
+    def __init__(self, store: EmbeddedStore, collection: str, n: int) -> None:
+        self.store, self.collection, self.left, self.dead = store, collection, n, False
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def _write(self, collection: str) -> None:
+        if not self.dead and collection == self.collection:
+            self.left -= 1
+            self.dead = self.left <= 0
+        if self.dead:
+            raise Killed()
+
+    async def update_fields(self, collection, doc_id, fields):
+        self._write(collection)
+        return await self.store.update_fields(collection, doc_id, fields)
+
+    async def insert(self, collection, doc):
+        self._write(collection)
+        return await self.store.insert(collection, doc)
+
+    async def replace(self, collection, doc):
+        self._write(collection)
+        return await self.store.replace(collection, doc)
+
+    async def delete(self, collection, doc_id):
+        self._write(collection)
+        return await self.store.delete(collection, doc_id)
+
+
+async def _world(store) -> tuple[str, dict]:
+    project = {"_id": new_id(), "name": "p", "quotas": {"storage": 40 * GiB},
+               "usage": {"vcpus": 0, "memory": 0, "storage": 3 * GiB, "instances": 0}}
+    await store.insert("project", project)
+    vol = {"_id": new_id(), "project_id": project["_id"], "name": "v", "type": "raw", "size": 2 * GiB,
+           "image": "v", "storage_pool_id": new_id(), "instance_id": ""}
+    await store.insert("volume", vol)
+    await store.insert("storage_pool", {"_id": vol["storage_pool_id"], "name": "ssd", "libvirt_pool": "ssd",
+                                        "agent_ids": []})
+    return project["_id"], vol
+
+
+# the flow's writes: 1 its insert, 2 the document's record, 3 the quota step's record, 4 the image
+# step's record; the project's 1st write is the usage moving
+@pytest.mark.parametrize("collection,n", [("flow", 3), ("project", 1), ("flow", 4)])
+async def test_a_volume_create_killed_at_its_quota_step_gives_nothing_away(tmp_path, collection, n):
+    store = EmbeddedStore(tmp_path / "kahuna.sqlite3")
+    await store.open()
+    try:
+        project_id, vol = await _world(store)
+        dying = Resources(DyingStore(store, collection, n))
+        flow = await flows.Flow(dying, "volume.create", vol["_id"]).start()
+        with pytest.raises(Killed):
+            await VolumeEffects(None).create_in(dying, vol, flow)
+        flow.release()  # the process is gone
+
+        res = Resources(store)  # the next process
+        assert await flows.recover(res) == 1
+        assert await flows.pending(res) == 0
+        project = await res.get("project", project_id)
+        assert project["usage"]["storage"] == 3 * GiB
+        assert await store.count("volume") == 0
+        # and the next reservation of the project still counts exactly
+        assert (await quota.reserve(res, project_id, storage=GiB))["storage"] == 4 * GiB
+    finally:
+        await store.close()
