@@ -185,6 +185,21 @@ class Store(abc.ABC):
     async def delete(self, collection: str, doc_id: str) -> None:
         """Remove the document; NotFound when it does not exist."""
 
+    async def update_fields_many(self, collection: str,
+                                 changes: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
+        """`update_fields` for several documents (`changes`: id -> fields), each atomic; answers
+        the documents as they now are, by the ids given, leaving out those not found. This
+        default writes them one by one (through the subclass's `update_fields`, so wrappers such
+        as the HA fence apply); a backend may write the lot in one transaction (the embedded one
+        does: a connect storm's capability writes commit once, not once each)."""
+        out: dict[str, Document] = {}
+        for doc_id, fields in changes.items():
+            try:
+                out[doc_id] = await self.update_fields(collection, doc_id, fields)
+            except NotFound:
+                continue
+        return out
+
 
 async def delete_if_present(store: Store, collection: str, doc_id: str) -> bool:
     """Delete a document; False when it was already gone. For the deletes that must be idempotent

@@ -193,6 +193,14 @@ class CachedStore(Store):
         finally:
             self.invalidate(collection, doc_id)
 
+    async def update_fields_many(self, collection: str,
+                                 changes: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
+        try:
+            return await self.inner.update_fields_many(collection, changes)
+        finally:
+            for doc_id in changes:
+                self.invalidate(collection, doc_id)
+
     async def delete(self, collection: str, doc_id: str) -> None:
         try:
             await self.inner.delete(collection, doc_id)

@@ -506,6 +506,43 @@ class EmbeddedStore(Store):
             raise NotFound(collection, doc_id)
         return result
 
+    async def update_fields_many(self, collection: str,
+                                 changes: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
+        """All of `changes` in one IMMEDIATE transaction: one commit (one WAL sync) for the lot,
+        answered only after it (see `update_fields`); a change that cannot be applied (ValueError)
+        rolls the lot back."""
+        check_collection(collection)
+        todo: list[tuple[str, str, dict[str, Any]]] = []
+        for doc_id, fields in changes.items():
+            check_update(fields)
+            if is_valid_id(doc_id):
+                todo.append((doc_id, _canonical_id(doc_id), dict(fields)))
+        if not todo:
+            return {}
+
+        def run(conn: sqlite3.Connection) -> dict[str, Document]:
+            out: dict[str, Document] = {}
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for given, key, fields in todo:
+                    row = conn.execute(f'SELECT doc FROM "{collection}" WHERE _id = ?', (key,)).fetchone()
+                    if row is None:
+                        continue
+                    body = json.loads(row[0], object_hook=_hook)
+                    for path, value in fields.items():
+                        _set_path(body, path, value)
+                    text = _dumps(body)
+                    conn.execute(f'UPDATE "{collection}" SET doc = ? WHERE _id = ?', (text, key))
+                    out[given] = _document(key, text)
+                conn.execute("COMMIT")
+                return out
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return await self._call(collection, run)
+
     async def delete(self, collection: str, doc_id: str) -> None:
         check_collection(collection)
         if not is_valid_id(doc_id):

@@ -101,6 +101,13 @@ class ObservedStore(Store):
         self._notify(collection, result)
         return result
 
+    async def update_fields_many(self, collection: str,
+                                 changes: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
+        result = await self._timed("update", collection, self.inner.update_fields_many, collection, changes)
+        for doc in result.values():
+            self._notify(collection, doc)
+        return result
+
     async def delete(self, collection: str, doc_id: str) -> None:
         await self._timed("delete", collection, self.inner.delete, collection, doc_id)
         self._notify(collection, None, doc_id)
