@@ -8,10 +8,11 @@
 - Kontroller: `Reload`, so the appliance re-reads its metadata.
 Each hook calls only methods the agent advertised; failures are logged by the hub, never fatal.
 
-The hooks' store reads (the agent's document; the Kaktus and storage pools listing it) go through
-one `ConnectReads` (kahuna.orchestrator.connect_batch): in a reconnect storm the hooks of hundreds
-of agents share one query each instead of a store round trip apiece; nothing is cached past a
-query. Writes happen only when something changed (a storm of unchanged agents writes nothing).
+The hooks' store reads (the agent's document; the Kaktus and storage pools listing it) and the
+agent's capabilities write go through one `ConnectStore` (kahuna.orchestrator.connect_batch): in a
+connect storm the hooks of hundreds of agents share one query (one transaction for the writes)
+instead of a store round trip apiece; nothing is cached past a query. Writes happen only when
+something changed (a storm of unchanged agents writes nothing).
 
 `install` also puts the infrastructure side-effect collaborators (`compute`, `storage`, `dns`)
 in `Resources.extras`, where the resource kinds' hooks find them.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from kahuna.logs import get_logger
 from kahuna.orchestrator.compute import ComputeEffects
-from kahuna.orchestrator.connect_batch import ConnectReads
+from kahuna.orchestrator.connect_batch import ConnectStore
 from kahuna.orchestrator.dns import DnsEffects
 from kahuna.orchestrator.storage import StorageEffects
 from kahuna.resources import compute
@@ -44,23 +45,23 @@ def install(hub, resources: Resources) -> None:
     resources.extras.setdefault("dns", DnsEffects(hub))
     storage, dns = resources.extras["storage"], resources.extras["dns"]
 
-    reads = ConnectReads(resources)
+    batched = ConnectStore(resources)
 
     async def kaktus(agent_id: str) -> None:
         if not hub.advertises(agent_id, "NodeCapabilities"):
             return
         caps = await hub.call(agent_id, "Kaktus.NodeCapabilities", {}, timeout=HOOK_TIMEOUT)
-        agent = await reads.agent(agent_id)
+        agent = await batched.agent(agent_id)
         if agent.get("capabilities") != caps:  # a reconnect storm rewrites nothing
-            await resources.set_fields("agent", agent_id, {"capabilities": caps})
+            await batched.set_agent_fields(agent_id, {"capabilities": caps})
             log.info("kaktus capabilities stored", agent=agent_id)
         await compute.record_caps(resources, agent_id, caps,
-                                  listed=await reads.listing("kaktus", agent_id))
+                                  listed=await batched.listing("kaktus", agent_id))
 
     async def kaktus_pools(agent_id: str) -> None:
         if hub.advertises(agent_id, "GetStoragePoolStats"):
             await storage.on_agent_connect(resources, agent_id,
-                                           pools=await reads.listing(POOL.name, agent_id))
+                                           pools=await batched.listing(POOL.name, agent_id))
 
     async def kiwi(agent_id: str) -> None:
         if not hub.advertises(agent_id, "Reload"):

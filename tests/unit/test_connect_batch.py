@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from kahuna.orchestrator.connect_batch import Coalescer, ConnectReads
+from kahuna.orchestrator.connect_batch import Coalescer, ConnectStore
 from kahuna.resources import catalog
 from kahuna.resources.errors import NotFoundError, Unavailable
 from kahuna.resources.kind import all_kinds
@@ -29,7 +29,7 @@ class Backend:
         self.gate: trio.Event | None = None
         self.fail: Exception | None = None
 
-    async def fetch(self, keys: list[str]) -> dict[str, str]:
+    async def fetch(self, keys: dict[str, object]) -> dict[str, str]:
         self.queries.append(list(keys))
         if self.gate is not None:
             await self.gate.wait()
@@ -227,7 +227,7 @@ async def _agent(res: Resources, name: str) -> str:
 
 async def test_agents_documents_in_one_query(resources):
     ids = [await _agent(resources, f"a{i}") for i in range(30)]
-    reads = ConnectReads(resources)
+    reads = ConnectStore(resources)
     out: dict = {}
     async with trio.open_nursery() as nursery:
         for agent_id in ids + [new_id()]:
@@ -247,7 +247,7 @@ async def test_agents_documents_in_one_query(resources):
 
 async def test_listings_follow_the_writes_no_stale_answers(resources):
     a1, a2, a3 = [await _agent(resources, f"a{i}") for i in range(3)]
-    reads = ConnectReads(resources)
+    reads = ConnectStore(resources)
     assert await reads.listing("kaktus", a1) == []
     kaktus = await resources.store.insert("kaktus", {"name": "k1", "agent_ids": [a1, a2]})
     out: dict = {}
@@ -272,7 +272,7 @@ async def test_listings_follow_the_writes_no_stale_answers(resources):
 
 
 async def test_a_store_failure_reaches_the_callers(resources):
-    reads = ConnectReads(resources)
+    reads = ConnectStore(resources)
     agent_id = await _agent(resources, "a")
     await resources.store.close()
     with pytest.raises(Unavailable):
@@ -288,7 +288,7 @@ async def test_record_caps_with_the_batched_listing_writes_only_what_changed(res
 
     agent_id = await _agent(resources, "a")
     kaktus = await resources.store.insert("kaktus", {"name": "k", "agent_ids": [agent_id]})
-    reads = ConnectReads(resources)
+    reads = ConnectStore(resources)
     listed = await reads.listing("kaktus", agent_id)
     assert await compute.record_caps(resources, agent_id, NODE_CAPS, listed=listed) == 1
     stored = await resources.get("kaktus", kaktus["_id"])
@@ -302,3 +302,72 @@ async def test_record_caps_with_the_batched_listing_writes_only_what_changed(res
     listed = await reads.listing("kaktus", agent_id)
     assert await compute.record_caps(resources, agent_id, {**NODE_CAPS, "Threads": 4}, listed=listed) == 1
     assert (await resources.get("kaktus", kaktus["_id"]))["capabilities"]["cpu"]["threads"] == 4
+
+
+async def test_agent_writes_of_a_storm_commit_together_and_each_is_seen(tmp_path):
+    from kahuna.store.observed import ObservedStore
+
+    seen: list[tuple[str, str]] = []
+
+    class Seen:
+        def written(self, collection, doc) -> None:
+            seen.append((collection, doc["_id"]))
+
+        def deleted(self, collection, doc_id) -> None:
+            pass
+
+    catalog.load()
+    observed = ObservedStore(EmbeddedStore(tmp_path / "kahuna.sqlite3"))
+    observed.listeners.append(Seen())
+    store = CachedStore(observed, max_entries=64, ttl_seconds=60)
+    await store.open()
+    try:
+        res = Resources(store)
+        ids = [await _agent(res, f"a{i}") for i in range(25)]
+        for agent_id in ids:
+            await res.get("agent", agent_id)          # cached: the write must invalidate it
+        seen.clear()
+        batched = ConnectStore(res)
+        out: dict = {}
+        gone = new_id()
+        async with trio.open_nursery() as nursery:
+            for i, agent_id in enumerate(ids + [gone]):
+                async def one(agent_id: str = agent_id, i: int = i) -> None:
+                    try:
+                        out[agent_id] = await batched.set_agent_fields(agent_id, {"capabilities": {"n": i}})
+                    except NotFoundError as exc:
+                        out[agent_id] = exc
+                nursery.start_soon(one)
+        assert batched.queries == 1
+        assert isinstance(out[gone], NotFoundError)
+        for i, agent_id in enumerate(ids):
+            assert out[agent_id]["capabilities"] == {"n": i}
+            assert (await res.get("agent", agent_id))["capabilities"] == {"n": i}
+        assert sorted(seen) == sorted(("agent", agent_id) for agent_id in ids)
+    finally:
+        await store.close()
+    # committed: a fresh store on the same file reads them back
+    again = EmbeddedStore(tmp_path / "kahuna.sqlite3")
+    await again.open()
+    try:
+        assert (await again.get("agent", ids[7]))["capabilities"] == {"n": 7}
+    finally:
+        await again.close()
+
+
+async def test_the_default_update_fields_many_writes_one_by_one_and_skips_the_absent(tmp_path):
+    from kahuna.store.base import Store
+
+    store = EmbeddedStore(tmp_path / "kahuna.sqlite3")
+    await store.open()
+    try:
+        a = await store.insert("agent", {"name": "a"})
+        b = await store.insert("agent", {"name": "b"})
+        gone = new_id()
+        # the base class's loop (what MongoDB and the HA fence use), not the embedded override
+        out = await Store.update_fields_many(store, "agent", {a["_id"]: {"x": 1}, gone: {"x": 2},
+                                                              b["_id"]: {"x": 3}})
+        assert sorted(out) == sorted([a["_id"], b["_id"]])
+        assert (await store.get("agent", b["_id"]))["x"] == 3
+    finally:
+        await store.close()
