@@ -4,7 +4,8 @@ A volume create records its quota step in its flow document and moves the projec
 writes of two documents. A process killed between them must leave nothing to correct by hand once
 `recover` has run: usage back to what it was, whichever write was the last one made. The "crash"
 is the store refusing every write from that point on (what a SIGKILL looks like from the store);
-recovery then runs on the same file, as the next process would."""
+recovery then runs on the same file, as the next process would. And the holds themselves: taken
+once, given back once, kept when their flow finished without settling them."""
 
 from __future__ import annotations
 
@@ -93,5 +94,32 @@ async def test_a_volume_create_killed_at_its_quota_step_gives_nothing_away(tmp_p
         assert await store.count("volume") == 0
         # and the next reservation of the project still counts exactly
         assert (await quota.reserve(res, project_id, storage=GiB))["storage"] == 4 * GiB
+    finally:
+        await store.close()
+
+
+async def test_holds_of_finished_flows_are_kept_and_dropped_those_of_stored_flows_stay(tmp_path):
+    store = EmbeddedStore(tmp_path / "kahuna.sqlite3")
+    await store.open()
+    try:
+        project_id, _ = await _world(store)
+        res = Resources(store)
+        done = await flows.Flow(res, "test.done").start()
+        running = await flows.Flow(res, "test.running").start()
+        await quota.reserve(res, project_id, hold=f"{done.id}-a", storage=GiB)
+        await quota.reserve(res, project_id, hold=f"{running.id}-b", storage=2 * GiB)
+        await done.finish()  # ended without settling: its hold was kept
+        usage = await quota.reserve(res, project_id, hold=f"{running.id}-c", storage=GiB)
+        assert usage["storage"] == 7 * GiB
+        project = await res.get("project", project_id)
+        assert set(project[quota.HOLDS]) == {f"{running.id}-b", f"{running.id}-c"}
+        # a hold is taken once, given back once
+        await quota.reserve(res, project_id, hold=f"{running.id}-c", storage=GiB)
+        assert await quota.settle(res, project_id, f"{running.id}-b", keep=False)
+        assert not await quota.settle(res, project_id, f"{running.id}-b", keep=False)
+        assert not await quota.settle(res, project_id, f"{done.id}-a", keep=False)
+        project = await res.get("project", project_id)
+        assert project["usage"]["storage"] == 5 * GiB and set(project[quota.HOLDS]) == {f"{running.id}-c"}
+        await running.finish()
     finally:
         await store.close()
