@@ -313,8 +313,9 @@ async def _create(res, doc: Doc, flow: Flow) -> None:
     volumes, adapters = await check_devices(res, doc)
     await check_free_adapters(res, doc, adapters)
     delta = footprint(doc)
-    await quota.reserve(res, doc["project_id"], **delta)
-    await flow.record("quota", undo="project.usage", data={"project_id": doc["project_id"], "delta": delta})
+    hold = f"{flow.id}-quota"  # recorded before the usage moves, given back only if it did
+    await flow.step("quota", lambda: quota.reserve(res, doc["project_id"], hold=hold, **delta),
+                    undo="project.hold", data={"project_id": doc["project_id"], "hold": hold})
     project = await res.get("project", doc["project_id"])
     region = await res.get("region", doc["region_id"])
     zones = [await res.get("zone", doc["zone_id"])] if doc["zone_id"] else await res.list("zone", region["_id"])
@@ -415,9 +416,9 @@ async def _update(res, flow: Flow, old: Doc, new: Doc, dv: int, dm: int) -> Host
     await flow.record("document", undo="instance.restore", data={"doc": old})
     volumes, adapters = await check_devices(res, new)
     await check_free_adapters(res, new, adapters)
-    await quota.reserve(res, new["project_id"], vcpus=dv, memory=dm)
-    await flow.record("quota", undo="project.usage",
-                      data={"project_id": new["project_id"], "delta": {"vcpus": dv, "memory": dm}})
+    hold = f"{flow.id}-quota"  # recorded before the usage moves, given back only if it did
+    await flow.step("quota", lambda: quota.reserve(res, new["project_id"], hold=hold, vcpus=dv, memory=dm),
+                    undo="project.hold", data={"project_id": new["project_id"], "hold": hold})
     host = await Host.of(res, new["kaktus_id"])
     if dv > 0 or dm > 0:
         async with res.locks.hold(PLACEMENT_LOCK):  # the host's room, checked and taken as one

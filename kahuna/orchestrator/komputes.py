@@ -178,8 +178,9 @@ class KomputeEffects:
         vcpus, memory = int(kompute["vcpus"]), int(kompute["memory"])
         disk, data_disk = int(kompute["disk"]), int(kompute.get("data_disk") or 0)
         delta = {"instances": 1, "vcpus": vcpus, "memory": memory}
-        await quota.reserve(res, project["_id"], **delta)
-        await flow.record("quota", undo="project.usage", data={"project_id": project["_id"], "delta": delta})
+        hold = f"{flow.id}-quota"  # recorded before the usage moves, given back only if it did
+        await flow.step("quota", lambda: quota.reserve(res, project["_id"], hold=hold, **delta),
+                        undo="project.hold", data={"project_id": project["_id"], "hold": hold})
         name = kompute["name"]
         images = [f"{name}-os", f"{name}-cloudinit"] + ([f"{name}-data"] if data_disk else [])
         instance_id = new_id()
