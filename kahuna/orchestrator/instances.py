@@ -40,6 +40,7 @@ from kahuna.orchestrator.komputes import (PLACEMENT_LOCK, KomputeEffects, delete
 from kahuna.orchestrator.volumes import VolumeEffects, delete_image
 from kahuna.resources import quota
 from kahuna.resources.errors import ConflictError, DomainError, InsufficientResources, Invalid, Missing, NotFoundError
+from kahuna.resources.service import utcnow
 from kahuna.store import errors as store_errors
 from kahuna.store.base import delete_if_present
 
@@ -380,6 +381,7 @@ async def update(res, old: Doc, new: Doc) -> None:
         return
     flow = await Flow(res, "instance.update", new["_id"]).start()
     try:
+        await flow.record("document", undo="instance.restore", data={"doc": old})  # stored by the service
         host = await _update(res, flow, old, new, dv, dm)
     except BaseException:
         await flow.rollback()
@@ -389,10 +391,37 @@ async def update(res, old: Doc, new: Doc) -> None:
     if new.get("local_ip") != old.get("local_ip"):
         await _move_record(res, old, new)
     if hardware:
-        state = await host.state(new["name"])
-        if state not in STOPPED:
-            await host.shut_down(new["name"], shutdown_grace(res))
-            await host.restore(new["name"], state)
+        await _power_cycle(res, host, new["name"])
+
+
+async def update_owned(res, old: Doc, new: Doc) -> None:
+    """A Kompute's instance given new vCPUs, memory or description (`PUT /kompute/{id}`): the same
+    durable flow as `PUT /instance` (quota hold, the host's room, ISO, `UpdateInstance`; a failure
+    or a crash gives it all back, the instance document included), the document written inside
+    it; then a power cycle when the domain runs and its size changed."""
+    dv, dm = int(new["vcpus"]) - int(old["vcpus"]), int(new["memory"]) - int(old["memory"])
+    if not (dv or dm) and new.get("description") == old.get("description"):
+        return
+    flow = await Flow(res, "instance.update", new["_id"]).start()
+    try:
+        await flow.record("document", undo="instance.restore", data={"doc": old})  # before it changes
+        await res.store.replace("instance", {**new, "updated_at": utcnow()})
+        host = await _update(res, flow, old, new, dv, dm)
+    except BaseException:
+        await flow.rollback()
+        raise
+    await flow.finish()
+    if dv or dm:
+        await _power_cycle(res, host, new["name"])
+
+
+async def _power_cycle(res, host: Host, name: str) -> None:
+    """libvirt reads a re-definition at the domain's next start: a running one is shut down
+    (ACPI, then forced) and started again; a stopped one is left stopped."""
+    state = await host.state(name)
+    if state not in STOPPED:
+        await host.shut_down(name, shutdown_grace(res))
+        await host.restore(name, state)
 
 
 async def _move_record(res, old: Doc, new: Doc) -> None:
@@ -413,7 +442,6 @@ async def _move_record(res, old: Doc, new: Doc) -> None:
 
 
 async def _update(res, flow: Flow, old: Doc, new: Doc, dv: int, dm: int) -> Host:
-    await flow.record("document", undo="instance.restore", data={"doc": old})
     volumes, adapters = await check_devices(res, new)
     await check_free_adapters(res, new, adapters)
     hold = f"{flow.id}-quota"  # recorded before the usage moves, given back only if it did

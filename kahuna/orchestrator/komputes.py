@@ -376,48 +376,19 @@ class KomputeEffects:
 
     # ---------------------------------------------------------------------------- update
 
-    async def update(self, res, old: Doc, new: Doc) -> None:
-        """Quota for the positive deltas first; volumes grown (`ResizeVolume`); on a CPU/RAM
-        change the domain is re-defined (`UpdateInstance`) and rebooted only when running;
-        the cloud-init ISO refreshed when what it carries changed."""
+    async def grow_disks(self, res, old: Doc, new: Doc) -> Doc:
+        """The Kompute's volumes grown to its new `disk` / `data_disk` (each a durable resize with
+        its own storage hold, kahuna.orchestrator.volumes); answers its instance document. Its
+        vCPUs, memory and description go through the instance's own durable update
+        (kahuna.orchestrator.instances.update_owned: quota, the host's room, `UpdateInstance`,
+        power cycle), called by the Kompute kind after this."""
         instance = await res.get("instance", new["instance_id"])
-        dv, dm = int(new["vcpus"]) - int(old["vcpus"]), int(new["memory"]) - int(old["memory"])
         volumes = [await res.get("volume", v) for v in instance.get("volume_ids") or ()]
         wanted = [int(new["disk"])] + ([int(new["data_disk"])] if len(volumes) > 1 else [])
-        grow = [(v, size - int(v["size"])) for v, size in zip(volumes, wanted) if size > int(v["size"])]
-        delta = {"vcpus": dv, "memory": dm}
-        await quota.reserve(res, new["project_id"], **delta)
-        try:
-            for vol, extra in grow:
-                await self.volumes.resize(res, {**vol, "size": int(vol["size"]) + extra}, extra)
-                await res.set_fields("volume", vol["_id"], {"size": int(vol["size"]) + extra})
-        except BaseException:
-            await quota.release(res, new["project_id"], **delta)
-            raise
-        if not (dv or dm or new.get("description") != old.get("description")):
-            await refresh_iso(res, instance["_id"])
-            return
-        kaktus = await res.get("kaktus", instance["kaktus_id"])
-        pool = await res.get("pool", volumes[0]["storage_pool_id"])
-        template = await res.get("template", volumes[0]["template_id"])
-        instance.update(vcpus=int(new["vcpus"]), memory=int(new["memory"]), description=new.get("description", ""))
-        xml = await self.domain_xml(kaktus, pool, instance, [await res.get("volume", v["_id"]) for v in volumes],
-                                    template, nics=await self.nics(res, instance))
-        agents, what = kaktus.get("agent_ids") or (), f"Kaktus {kaktus['name']}"
-        try:
-            await self.calls.call_one(agents, "UpdateInstance", {"Name": instance["name"], "XML": xml}, what)
-            await res.set_fields("instance", instance["_id"], {"vcpus": instance["vcpus"],
-                                                              "memory": instance["memory"],
-                                                              "description": instance["description"]})
-        except BaseException:
-            await quota.release(res, new["project_id"], **delta)
-            raise
-        await kaktus_usage(res, kaktus["_id"], dv, dm, 0)
-        await refresh_iso(res, instance["_id"])
-        if dv or dm:
-            _, state = await self.calls.call_one(agents, "GetInstanceState", {"Name": instance["name"]}, what)
-            if (state or {}).get("State") == "Running":
-                await self.calls.call_one(agents, "InstanceOperation", {"Name": instance["name"], "Action": 2}, what)
+        for vol, size in zip(volumes, wanted):
+            if size > int(vol["size"]):
+                await self.volumes.resize(res, {**vol, "size": size}, size - int(vol["size"]))
+        return instance
 
     # ---------------------------------------------------------------------------- delete
 

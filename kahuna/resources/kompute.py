@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from kahuna.orchestrator.flows import Flow
-from kahuna.orchestrator.komputes import KomputeEffects, KomputeSpec, spec_fields
+from kahuna.orchestrator import instances
+from kahuna.orchestrator.komputes import KomputeEffects, KomputeSpec, refresh_iso, spec_fields
 from kahuna.resources.errors import ConflictError, Invalid, Missing
 from kahuna.resources.instance import TENANT
 from kahuna.resources.kind import Hooks, Kind, Parent, base_fields, register
@@ -74,7 +75,15 @@ async def _before_update(res, old: Doc, new: Doc, **_: Any) -> None:
 
 
 async def _after_update(res, old: Doc, new: Doc, **_: Any) -> None:
-    await _effects(res).update(res, old, new)
+    """Disks grown, then the instance re-sized and re-described through its own durable flow;
+    the ISO is refreshed by that flow, or here when only the disks changed."""
+    instance = await _effects(res).grow_disks(res, old, new)
+    resized = {**instance, "vcpus": int(new["vcpus"]), "memory": int(new["memory"]),
+               "description": new.get("description", "")}
+    if resized == instance:
+        await refresh_iso(res, instance["_id"])
+    else:
+        await instances.update_owned(res, instance, resized)
 
 
 async def _before_delete(res, doc: Doc, principal: Any = None, **_: Any) -> None:

@@ -119,6 +119,27 @@ def test_kompute_update_grows_disks_and_cpu_ram(kahuna, world, admin):
     assert (usage.instances, usage.vcpus, usage.memory, usage.storage) == (0, 0, 0, 0)
 
 
+def test_a_kompute_grown_past_its_host_is_refused_and_nothing_moves(kahuna, world, admin):
+    """The CPU/RAM growth of a Kompute needs room on its Kaktus, as an instance's does; refused,
+    the domain, the document and the usages stay as they were."""
+    k = world["kaktus"]
+    code, vm = http(kahuna, "POST", f"/project/{world['project']}/zone/{world['zone']}/kompute",
+                    {"name": "tight1", "memory": GiB, "vcpus": 1, "disk": 4 * GiB})
+    assert code == 201, vm
+    try:
+        host_before = stored(kahuna, "kaktus", world["kaktus_id"]).get("usage")
+        code, body = http(kahuna, "PUT", f"/kompute/{vm['id']}", {**{f: vm[f] for f in ("name", "disk", "memory")},
+                                                                  "vcpus": 1024})
+        assert code in (503, 507) and "vcpus" in body["reason"], body
+        assert k.domain("tight1")["vcpus"] == 1
+        assert http(kahuna, "GET", f"/kompute/{vm['id']}")[1]["vcpus"] == 1
+        assert stored(kahuna, "kaktus", world["kaktus_id"]).get("usage") == host_before
+        usage = kowabunga.ProjectApi(admin).read_project_usage(world["project"])
+        assert (usage.instances, usage.vcpus, usage.memory) == (1, 1, GiB)
+    finally:
+        assert http(kahuna, "DELETE", f"/kompute/{vm['id']}")[0] == 200
+
+
 def test_region_level_kompute_is_placed_in_a_zone(kahuna, world):
     with make_client(kahuna, api_key=None, token=world["member"]) as member:
         projects = kowabunga.ProjectApi(member)
