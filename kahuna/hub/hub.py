@@ -387,6 +387,7 @@ class Hub:
         lsock.setblocking(False)
         wait, accept = trio.lowlevel.wait_readable, lsock.accept
         slots = self._handshake_slots
+        tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)   # once: .family builds an enum
         try:
             while True:
                 await wait(lsock)
@@ -418,7 +419,7 @@ class Hub:
                         await trio.sleep(self.settings.accept_retry_delay)
                         break
                     sock.setblocking(False)
-                    if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    if tcp:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     nursery.start_soon(self._handle_connection, sock, peer)
         finally:

@@ -86,27 +86,37 @@ class Coalescer(Generic[K, V]):
         self.queries = 0
 
     async def get(self, key: K, arg: Any = None) -> V:
-        with trio.CancelScope(deadline=trio.current_time() + self.timeout):
-            while True:
-                batch = self._open
-                if batch is None or len(batch.keys) >= self.max_batch:
-                    batch = self._open = _Batch()
-                    batch.keys[key] = 1
-                    batch.args[key] = arg
+        # The deadline: a batch's leader waits under a CancelScope with its own deadline; the
+        # other callers wait for the batch, which ends by that deadline at the latest (the
+        # leader came first, so it is earlier than theirs), then retry with what is left of
+        # their own. One scope per batch, not per caller (a scope per lookup was 5 % of the
+        # hub's CPU in a connect storm).
+        give_up = trio.current_time() + self.timeout
+        while True:
+            batch = self._open
+            if batch is None or len(batch.keys) >= self.max_batch:
+                batch = self._open = _Batch()
+                batch.keys[key] = 1
+                batch.args[key] = arg
+                with trio.CancelScope(deadline=give_up) as scope:
                     try:
                         await self._lead(batch)
                     finally:
                         batch.keys[key] -= 1
-                else:
-                    batch.keys[key] = batch.keys.get(key, 0) + 1
-                    batch.args.pop(key, None)
-                    batch.args[key] = arg
-                    try:
-                        await batch.done.wait()
-                    finally:
-                        batch.keys[key] -= 1
-                if not batch.orphaned:
-                    return self._answer(batch, key)
+                if scope.cancelled_caught:
+                    break
+            else:
+                batch.keys[key] = batch.keys.get(key, 0) + 1
+                batch.args.pop(key, None)
+                batch.args[key] = arg
+                try:
+                    await batch.done.wait()
+                finally:
+                    batch.keys[key] -= 1
+            if not batch.orphaned:
+                return self._answer(batch, key)
+            if trio.current_time() >= give_up:
+                break
         raise trio.TooSlowError(f"no answer within {self.timeout} s")
 
     async def _lead(self, batch: _Batch) -> None:

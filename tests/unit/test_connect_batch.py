@@ -371,3 +371,28 @@ async def test_the_default_update_fields_many_writes_one_by_one_and_skips_the_ab
         assert (await store.get("agent", b["_id"]))["x"] == 3
     finally:
         await store.close()
+
+
+async def test_a_leader_past_its_deadline_hands_over_to_a_later_caller(autojump_clock):
+    backend = Backend()
+    backend.gate = trio.Event()
+    coalescer = Coalescer(backend.fetch, timeout=5.0)
+    out: dict = {}
+
+    async def one(key: str) -> None:
+        try:
+            out[key] = await coalescer.get(key)
+        except trio.TooSlowError:
+            out[key] = "timed out"
+
+    async def release_at(t: float) -> None:
+        await trio.sleep_until(t)
+        backend.gate.set()
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(one, "early")                  # leads; times out at start + 5
+        await trio.sleep(3.0)
+        nursery.start_soon(one, "later")                  # waits for the batch after it
+        nursery.start_soon(release_at, start + 6.0)
+    assert out == {"early": "timed out", "later": "answer-later"}
+    assert len(backend.queries) == 2                      # "later" asked again, under its own deadline
