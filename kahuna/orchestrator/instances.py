@@ -505,13 +505,14 @@ async def delete(res, instance_id: str) -> None:
             raise ConflictError(f"instance {doc['name']} belongs to Kompute {kompute['name']}: delete the Kompute")
         flow = await Flow(res, "instance.delete", doc["_id"]).start()
         try:
-            await flow.record("delete", undo="instance.delete", data={"instance": _essentials(doc)})
+            await flow.record("delete", undo="instance.delete",
+                              data={"instance": _essentials(doc), "hold": f"{flow.id}-release"})
             await _delete_on_agents(res, doc)
         except BaseException:
             await flow.finish()  # the instance stays as it is: nothing to finish later
             raise
         with trio.CancelScope(shield=True):  # the domain is gone: the documents follow
-            await finish_delete(res, _essentials(doc))
+            await finish_delete(res, _essentials(doc), hold=f"{flow.id}-release")
             await flow.finish()
     log.info("instance deleted", instance=instance_id)
 
@@ -547,28 +548,34 @@ async def _delete_on_agents(res, doc: Doc) -> None:
         await delete_image(VolumeEffects(res.extras.get("hub")), pool, doc["iso_volume"])
 
 
-async def finish_delete(res, doc: Doc) -> None:
+async def finish_delete(res, doc: Doc, *, hold: str = "") -> None:
     """The store side of a delete, idempotent: memberships, volumes detached (never deleted:
-    upstream §3.5), the document, then the usage it held (given back once: only by the call that
-    removed the document)."""
+    upstream §3.5), the document, then the usage it held: given back once per `hold` (the delete
+    flow's), also when a crash fell between the document's delete and the give-back; without a
+    hold (a flow stored by an older process) only by the call that removed the document."""
     for kid in doc.get("kwarantine_ids") or ():
         await set_membership(res, kid, "instance_ids", doc["_id"], False)
     await detach(res, doc["_id"], doc.get("volume_ids") or ())
-    if not await delete_if_present(res.store, "instance", doc["_id"]):
-        return
-    await quota.release(res, doc["project_id"], **footprint(doc))
-    if doc.get("kaktus_id"):
+    removed = await delete_if_present(res.store, "instance", doc["_id"])
+    if hold:
+        await quota.release_once(res, doc["project_id"], hold, **footprint(doc))
+    elif removed:
+        await quota.release(res, doc["project_id"], **footprint(doc))
+    if removed and doc.get("kaktus_id"):
         await host_usage(res, None, doc["kaktus_id"], -1, doc)
 
 
 async def _undo_delete(res, data: Doc) -> None:
     """Recovery of a delete cut short: finish it (agent side again, then the store side)."""
+    hold = data.get("hold") or ""  # absent in a flow stored by an older process
     try:
         current = await res.get("instance", data["instance"]["_id"])
-    except NotFoundError:
+    except NotFoundError:  # the document went before the crash: its usage may not have
+        if hold:
+            await quota.release_once(res, data["instance"]["project_id"], hold, **footprint(data["instance"]))
         return
     await _delete_on_agents(res, current)
-    await finish_delete(res, _essentials(current))
+    await finish_delete(res, _essentials(current), hold=hold)
 
 
 register_undo("instance.delete", _undo_delete)

@@ -465,8 +465,9 @@ async def run_delete(res, flow: Flow, plan: Doc, upto: str = "") -> None:
         elif step in volumes:
             vol = volumes[step]
             await _delete_pool_image(res, effects, vol["storage_pool_id"], vol["image"])
-            if await delete_if_present(res.store, "volume", vol["_id"]):
-                await quota.release(res, vol["project_id"], storage=int(vol["size"]))
+            await delete_if_present(res.store, "volume", vol["_id"])
+            # once, even when a crash fell between the delete and the give-back
+            await quota.release_once(res, vol["project_id"], f"{flow.id}-{vol['_id']}", storage=int(vol["size"]))
         elif step.startswith("adapter "):
             await delete_adapter(res, step.split(" ", 1)[1])
         elif step == "dns":
@@ -474,9 +475,10 @@ async def run_delete(res, flow: Flow, plan: Doc, upto: str = "") -> None:
                 await dns.instance_record_deleted(res, region_id=inst["region_id"], domain=plan["domain"],
                                                   name=inst["name"])
         elif step == "instance":
-            if await delete_if_present(res.store, "instance", inst["_id"]):
-                await quota.release(res, plan["project_id"], instances=1, vcpus=int(inst["vcpus"]),
-                                    memory=int(inst["memory"]))
+            removed = await delete_if_present(res.store, "instance", inst["_id"])
+            await quota.release_once(res, plan["project_id"], f"{flow.id}-instance", instances=1,
+                                     vcpus=int(inst["vcpus"]), memory=int(inst["memory"]))
+            if removed:
                 await kaktus_usage(res, inst["kaktus_id"], -int(inst["vcpus"]), -int(inst["memory"]), -1)
         elif step == "kwarantines":
             for kid in plan.get("kwarantine_ids") or ():

@@ -102,6 +102,17 @@ async def release(res, project_id: str, **delta: int) -> None:
         await res.set_fields("project", project_id, {"usage": usage})
 
 
+async def release_once(res, project_id: str, hold: str, **delta: int) -> None:
+    """Give `delta` back exactly once per `hold` (starting with the flow's id): for a forward
+    flow's step that a recovery may run again after a crash. The usage and the hold's marker move
+    in one write of the project, so a second run changes nothing (a project already gone has
+    nothing to give back)."""
+    try:
+        await reserve(res, project_id, hold=hold, **{dim: -int(amount) for dim, amount in delta.items()})
+    except NotFoundError:
+        return
+
+
 async def settle(res, project_id: str, hold: str, *, keep: bool) -> bool:
     """End the reservation held under `hold`: keep its usage, or give it back. Idempotent: False
     (nothing changed) when there is no such hold (never taken, already settled, project gone)."""

@@ -123,3 +123,40 @@ async def test_holds_of_finished_flows_are_kept_and_dropped_those_of_stored_flow
         await running.finish()
     finally:
         await store.close()
+
+
+async def test_an_instance_delete_killed_before_its_give_back_gives_it_back_once_at_recovery(tmp_path):
+    """The store side of an instance delete removes the document, then gives its usage back; a
+    process killed between the two used to leave the usage counted for ever (recovery found the
+    document gone and stopped). Now the give-back is keyed by the flow: recovery makes it once."""
+    from kahuna.orchestrator import instances
+    from kahuna.resources import instance as _instance  # noqa: F401  (the instance kind)
+
+    store = EmbeddedStore(tmp_path / "kahuna.sqlite3")
+    await store.open()
+    try:
+        project = {"_id": new_id(), "name": "p", "quotas": {},
+                   "usage": {"vcpus": 6, "memory": 6 * GiB, "storage": 0, "instances": 3}}
+        await store.insert("project", project)
+        doc = {"_id": new_id(), "project_id": project["_id"], "kaktus_id": "", "name": "vm", "vcpus": 2,
+               "memory": 2 * GiB, "volume_ids": [], "kwarantine_ids": [], "iso_volume": "vm-cloudinit"}
+        await store.insert("instance", doc)
+        dying = Resources(DyingStore(store, "project", 1))  # dies at the usage's write
+        flow = await flows.Flow(dying, "instance.delete", doc["_id"]).start()
+        hold = f"{flow.id}-release"
+        await flow.record("delete", undo="instance.delete", data={"instance": doc, "hold": hold})
+        with pytest.raises(Killed):
+            await instances.finish_delete(dying, doc, hold=hold)
+        flow.release()  # the process is gone
+        assert await store.count("instance") == 0
+
+        res = Resources(store)  # the next process
+        assert await flows.recover(res) == 1
+        usage = (await res.get("project", project["_id"]))["usage"]
+        assert (usage["instances"], usage["vcpus"], usage["memory"]) == (2, 4, 4 * GiB)
+        # given back once: the same step run again changes nothing
+        await quota.release_once(res, project["_id"], hold, instances=1, vcpus=2, memory=2 * GiB)
+        usage = (await res.get("project", project["_id"]))["usage"]
+        assert (usage["instances"], usage["vcpus"], usage["memory"]) == (2, 4, 4 * GiB)
+    finally:
+        await store.close()
