@@ -13,6 +13,7 @@ then the imports and the store.
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import signal
 import sys
@@ -21,15 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kahuna import logs  # noqa: E402
-from kahuna.cli import ensure_secrets  # noqa: E402
 from kahuna.config import load  # noqa: E402
 from kahuna.listeners import bind  # noqa: E402
 
 
 async def main(args: argparse.Namespace, config, listeners) -> None:
+    from kahuna import logs
+    from kahuna.cli import ensure_secrets
     from kahuna.hub.__main__ import Control
     from kahuna.server import run
+    logs.setup(config.log_level)
     secrets = ensure_secrets(config, sys.stderr)
     host, _, port = args.ctl.rpartition(":")
     shutdown = trio.Event()
@@ -58,7 +60,7 @@ if __name__ == "__main__":
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     args = parser.parse_args()
     config, _ = load(args.config)
-    logs.setup(config.log_level)
     with bind(config) as listeners:  # first: agents of the reconnect storm queue meanwhile
+        gc.disable()  # as kahuna.py: no collections while starting (run() resumes them)
         import trio
         trio.run(main, args, config, listeners)

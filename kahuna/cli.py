@@ -1,7 +1,8 @@
 """Command line: run the daemon (default), or run migrations (-m) and exit.
 
 Exit codes: 0 clean stop, 1 runtime failure (e.g. the database is unreachable at start, a port
-already in use), 2 bad usage or configuration (reported before any port is bound).
+already in use), 2 bad usage or configuration (the configuration file is checked before any port
+is bound).
 
 The daemon binds its ports right after reading the configuration (kahuna/listeners.py), then
 imports its stack (kahuna.server and what it pulls: trio, quart, hypercorn, the API) and loads the
@@ -11,12 +12,12 @@ store: so the heavy imports live in the functions below, not at the top of this 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import sys
 
 from kahuna import __version__, logs
-from kahuna.auth import generated
 from kahuna.config import Config, ConfigError, Secrets, load
 from kahuna.listeners import BindError, bind
 
@@ -65,17 +66,20 @@ def main(argv: list[str]) -> int:
     logs.setup(config.log_level)
     for key in unknown:
         log.warning("unknown configuration key ignored", key=key)
+    listeners = None
+    if not args.command and not args.migrate:
+        try:  # first: agents and clients dialing from now on queue instead of being refused
+            listeners = bind(config)
+        except OSError as exc:  # BindError names the setting and the address
+            return fail(str(exc) if isinstance(exc, BindError) else f"cannot listen: {exc}", 1)
+        gc.disable()  # no collections while starting; kahuna.server.run resumes them once serving
     try:
         # a sub-command's stdout is its output (JSON): the one-time key notice goes to stderr
         secrets = ensure_secrets(config, sys.stderr if args.command else sys.stdout)
     except (OSError, ValueError) as exc:
+        if listeners is not None:
+            listeners.close()
         return fail(f"global.dataDir: {config.data_dir}: {exc}")
-    listeners = None
-    if not args.command and not args.migrate:
-        try:  # before the imports below: agents dialing meanwhile queue instead of being refused
-            listeners = bind(config)
-        except OSError as exc:  # BindError names the setting and the address
-            return fail(str(exc) if isinstance(exc, BindError) else f"cannot listen: {exc}", 1)
     import trio
 
     from kahuna.store import errors as store_errors
@@ -97,6 +101,7 @@ def main(argv: list[str]) -> int:
 
 def ensure_secrets(config: Config, notice=None) -> Secrets:
     """Use the configured secrets, or those generated into the data directory."""
+    from kahuna.auth import generated
     generated.ensure_data_dir(config.data_dir)
     master = config.api_key
     if not master:
@@ -109,7 +114,7 @@ def ensure_secrets(config: Config, notice=None) -> Secrets:
     return Secrets(master_key=master, jwt_signature=jwt, server_secret=server)
 
 
-def announce_master_key(made: generated.Generated, stream) -> None:
+def announce_master_key(made, stream) -> None:
     """Shown once, on the terminal only (never in a log line)."""
     print(
         "\nKahuna generated a master API key (superAdmin). It is shown this once;\n"
