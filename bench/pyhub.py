@@ -5,9 +5,10 @@ contract on a loopback port, so `../shared/peers/bench.sh` measures it exactly l
 
 GET /stats (registered, rss), POST /fanout, POST /rpcload: see kahuna/hub/__main__.py `Control`.
 This is a benchmark harness, not part of the daemon: the control port exists only here. The
-daemon runs as in production (no gc.freeze(): frozen sessions would keep their garbage), and
-starts as `kahuna.py` does: its ports bound right after the config is read (kahuna/listeners.py),
-then the imports and the store.
+daemon runs as in production (no gc.freeze() here: frozen sessions would keep their garbage;
+`run` freezes only what start-up left, before any session), and starts as `kahuna.py` does: its
+ports bound right after the config is read (kahuna/listeners.py), the collector paused, then the
+imports and the store.
 """
 
 from __future__ import annotations
