@@ -2,12 +2,13 @@
 
     connection nursery           (one per TCP connection, opened by the hub; its scope is the
     |                            session's: abort cancels it, a close exchange gives it a deadline)
-    +-- Session.run()            the connection's own task: parked until the session ends
-    |                            (the hub's poller calls `on_readable`: frames -> replies
-    |                            resolve their call by id; pings answered; the agent's close)
-    +-- _start                   <Type>.Capabilities, then registration, then the connect hooks
-    |   +-- hooks                each in its own task (the last in _start's); failures are
-    |                            logged, never fatal
+    +-- Session.run()            the connection's own task: runs `_start` (<Type>.Capabilities,
+    |                            then registration, then the last connect hook), then parked
+    |                            until the session ends (the hub's poller calls `on_readable`:
+    |                            frames -> replies resolve their call by id; pings answered;
+    |                            the agent's close, which also cancels a `_start` still running)
+    +-- hooks                    but the last, each in its own task; failures are logged,
+    |                            never fatal
     +-- _flush                   only while the agent reads slower than we write (backpressure)
     calls                        run in the caller's task: the frame is written at once (no
                                  lock, no await), then the caller parks until its reply, its
@@ -100,7 +101,7 @@ class Session:
                  "peer_close_code", "lane", "_parser", "_early", "_out", "_flushing", "_nursery",
                  "_scope", "_close_code", "_close_reason", "_abort", "_close_sent", "_discard",
                  "_ping_seq", "_done", "_finished", "_ended", "_warned", "_reader", "_reading_done",
-                 "_greeting")
+                 "_greeting", "_starting")
 
     def __init__(self, host: SessionHost, sock: socket.socket, identity: Identity,
                  remote_address: str, early: bytes = b"", greeting: bytes = b"") -> None:
@@ -136,6 +137,7 @@ class Session:
         self._warned = 0
         self._reader: trio.lowlevel.Task | None = None   # run(), parked until the session ends
         self._reading_done = False
+        self._starting = False      # run() is in _start (Capabilities, registration, hooks)
 
     def __repr__(self) -> str:
         return f"<Session {self.agent_type} {self.agent_id} from {self.remote_address}>"
@@ -335,12 +337,19 @@ class Session:
                 self._close_code = None
                 self.close(code, reason or "", abort=abort)
             self.host.schedule_ping(self)
-            nursery.start_soon(self._start)
             early, self._early = self._early, b""
             if early:
                 self._on_data(early)
             if not self._reading_done:
                 poller.add(fd, self)
+                # _start in this task (a task fewer per connect): the agent's close or EOF
+                # meanwhile cancels it (see _stop_reading), as it ends the session later
+                self._starting = True
+                try:
+                    await self._start()
+                finally:
+                    self._starting = False
+            if not self._reading_done:
                 self._reader = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
         finally:
@@ -386,6 +395,9 @@ class Session:
         if task is not None:
             self.host.poller.remove(self.sock.fileno())
             trio.lowlevel.reschedule(task)
+        elif self._starting and self._scope is not None:
+            self.host.poller.remove(self.sock.fileno())
+            self._scope.cancel()            # run() is in _start: the session is over
 
     @property
     def end_reason(self) -> str:
