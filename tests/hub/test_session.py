@@ -405,3 +405,44 @@ def test_gc_thresholds_are_raised_never_lowered():
         assert gc.get_threshold() == (100_000, 50, 10)
     finally:
         gc.set_threshold(*saved)
+
+
+@pytest.mark.parametrize("how", ["close_frame", "eof"])
+async def test_an_agent_leaving_during_capabilities_ends_its_session_at_once(start_hub, how):
+    """Capabilities runs in the connection's own task: the agent's close (or its EOF) must end
+    the session then, not at the Capabilities deadline."""
+    handle = await start_hub(HubSettings(capabilities_timeout=30.0, close_timeout=0.5))
+    agent = await handle.raw()
+    await agent.request()                       # Capabilities, never answered
+    await wait_until(lambda: handle.hub._live)
+    session = next(iter(handle.hub._live))
+    if how == "close_frame":
+        await agent.aclose(1000)
+    else:
+        await trio.aclose_forcefully(agent.stream)
+    with trio.fail_after(3):                    # far below capabilities_timeout
+        await session.wait_ended()
+    assert not handle.hub._live and not handle.hub.is_connected(KAKTUS)
+    assert handle.hub.stats_snapshot()["registrations"] == 0
+
+
+async def test_an_agent_leaving_during_its_connect_hook_cancels_the_hook(hub):
+    started, cancelled = trio.Event(), trio.Event()
+
+    async def slow_hook(agent_id):
+        started.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+
+    hub.hub.on_connect("Kaktus", slow_hook)
+    agent = await hub.registered()
+    with trio.fail_after(3):
+        await started.wait()
+    await agent.aclose(1000)
+    with trio.fail_after(3):
+        await cancelled.wait()
+    await wait_until(lambda: not hub.hub.is_connected(KAKTUS))
+    assert hub.hub.status(KAKTUS)["connected"] is False
