@@ -28,7 +28,7 @@ How it stays honest to the contract:
   that write only; the others of its group commit. A failure of the database itself (I/O
   error, disk full, a failed COMMIT) fails every write of the group, none acknowledged.
   One write alone is a group of one (same statements as before, plus an explicit BEGIN).
-- sqlite3 blocks, so every call runs in a worker thread of trio's thread cache (`_in_worker`: what
+- sqlite3 blocks, so every call runs in a worker thread of trio's thread cache (`base.in_worker`: what
   `trio.to_thread.run_sync` does, without its per-call extras) under a `CapacityLimiter`. There
   are exactly `limiter_size` connections (default one) and a call (a read, or a group of writes)
   holds one exclusively for its duration, so a connection is never used by two threads at once
@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
@@ -61,6 +60,7 @@ from .base import (
     check_index,
     check_limit,
     check_update,
+    in_worker,
     is_valid_id,
     new_id,
     parse_filter,
@@ -178,30 +178,6 @@ def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
     node[leaf] = value
 
 
-# --- worker threads --------------------------------------------------------------------------
-
-def _no_abort(_: Any) -> trio.lowlevel.Abort:
-    return trio.lowlevel.Abort.FAILED
-
-
-async def _in_worker(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in one of trio's cached worker threads; the calling task waits for it and
-    cannot be cancelled meanwhile (as with `trio.to_thread.run_sync`'s default: a sqlite call
-    cannot be interrupted). Why not `to_thread.run_sync` itself: per call it also takes trio's
-    process-wide thread limiter (one more pass of the scheduler), renames the OS thread twice
-    and copies the context for `trio.from_thread`, none of which a store call uses: a hop cost
-    ~55-75 µs of CPU that way and ~37-44 µs this way (measured on this project's machine), paid
-    on every database call. The thread count stays bounded by the store's own limiter."""
-    task = trio.lowlevel.current_task()
-    token = trio.lowlevel.current_trio_token()
-
-    def deliver(result: Any) -> None:  # in the worker thread, once fn returned or raised
-        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-    trio.lowlevel.start_thread_soon(partial(fn, *args), deliver)
-    return await trio.lowlevel.wait_task_rescheduled(_no_abort)
-
-
 # --- group commit --------------------------------------------------------------------------
 
 class _Write:
@@ -288,7 +264,7 @@ class EmbeddedStore(Store):
         try:
             conn = self._idle.pop()
             try:
-                return await _in_worker(self._in_thread, conn, collection, fn)
+                return await in_worker(self._in_thread, conn, collection, fn)
             except sqlite3.IntegrityError as exc:
                 raise self._conflict(collection or "?", exc) from exc
             except (sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError):
@@ -362,7 +338,11 @@ class EmbeddedStore(Store):
                     job.taken = True
                 conn = self._idle.pop()
                 try:
-                    await _in_worker(self._run_group, conn, group)  # not cancellable
+                    await in_worker(self._run_group, conn, group)  # not cancellable
+                except BaseException as exc:  # the thread never ran (_run_group answers every job)
+                    for job in group:
+                        if not job.done:
+                            job.value, job.error, job.done = None, exc, True
                 finally:
                     if self._is_open:
                         self._idle.append(conn)

@@ -23,6 +23,16 @@ right (reference/stack-and-peers.md):
   `{"$in": [None]}`: same meaning in MongoDB, and nx-27017 miscounts plain `{"f": None}`.
 - Index names are explicit, but nx-27017 renames indexes (`idx_<coll>_<fields>`), so a
   DuplicateKeyError is mapped back to our index name by key pattern, then by either spelling.
+- Inserts into one collection are sent in groups: an insert that finds none of that collection
+  in flight sends every insert queued for it so far as one `insert_many(ordered=False)` (one
+  alone: `insert_one`, as before); inserts arriving meanwhile wait for the next group. Each
+  caller is answered from its own document's result: `ordered=False` attempts every document,
+  and a unique-index conflict comes back as that document's write error (409 for that insert
+  only); a write-concern error or a failure of the call fails the whole group. Why: a create
+  spent ~160 µs of CPU in pymongo's insert_one alone, ~19 µs per document in groups of 16
+  (measured against nx-27017), and the server gets one command instead of sixteen.
+  Cancellation as in the embedded store: a queued insert leaves the queue; one whose group is
+  being sent is waited for and answered.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from .base import (
     check_index,
     check_limit,
     check_update,
+    in_worker,
     is_valid_id,
     parse_filter,
     parse_sort,
@@ -120,6 +131,21 @@ def _query(filter: Filter | None) -> dict[str, Any]:
     return {"$and": clauses}
 
 
+_MAX_GROUP = 256  # documents per insert_many
+
+
+class _Insert:
+    """One queued insert (its document as sent); `error` / `done` set when its group ended."""
+
+    __slots__ = ("doc", "taken", "error", "done")
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+        self.taken = False
+        self.error: BaseException | None = None
+        self.done = False
+
+
 class MongoStore(Store):
     """pymongo-backed Store; see the module docstring for the why of each choice."""
 
@@ -139,6 +165,8 @@ class MongoStore(Store):
         self._db: Any = None
         # index fields per collection, to name a DuplicateKeyError's index (see _conflict)
         self._indexes: dict[str, list[Index]] = {}
+        self._inserts: dict[str, list[_Insert]] = {}  # per collection: waiting for the next group
+        self._sending: dict[str, trio.Event] = {}  # per collection: set when its group in flight ended
 
     # lifecycle
 
@@ -291,8 +319,89 @@ class MongoStore(Store):
         elif not is_valid_id(doc["_id"]):
             raise ValueError(f"_id must be a 24-hex ObjectId string, not {doc['_id']!r}")
         stored = _as_stored(doc)  # also rejects what BSON cannot hold, before any I/O
-        await self._call(collection, lambda c: c.insert_one(_to_db(doc)))
+        await self._insert_grouped(collection, _to_db(doc))
         return stored
+
+    async def _insert_grouped(self, collection: str, doc: dict[str, Any]) -> None:
+        """Send `doc` with the next group of inserts into `collection` (module docstring)."""
+        if self._db is None:
+            raise Unavailable("mongo store is not open")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        job = _Insert(doc)
+        self._inserts.setdefault(collection, []).append(job)
+        while not job.done:
+            sending = self._sending.get(collection)
+            try:
+                if sending is None:  # none in flight: this insert sends the next group
+                    await self._send_group(collection)
+                else:
+                    await sending.wait()
+            except trio.Cancelled:
+                if not job.taken:  # still queued: it leaves the queue and is never sent
+                    self._inserts[collection].remove(job)
+                    raise
+                with trio.CancelScope(shield=True):  # sent: wait for its answer (bounded by
+                    while not job.done:              # the driver's timeouts)
+                        await self._sending[collection].wait()
+        if job.error is not None:
+            error, job.error = job.error, None
+            raise error
+
+    async def _send_group(self, collection: str) -> None:
+        ended = self._sending[collection] = trio.Event()
+        try:
+            await self._limiter.acquire()  # cancellable: nothing is taken yet
+            try:
+                queue = self._inserts[collection]
+                group, self._inserts[collection] = queue[:_MAX_GROUP], queue[_MAX_GROUP:]
+                for job in group:
+                    job.taken = True
+                db = self._db
+                errors: list[BaseException | None]
+                if db is None:
+                    errors = [Unavailable("mongo store is not open") for _ in group]
+                else:
+                    try:
+                        errors = await in_worker(self._insert_docs, db.get_collection(collection), collection,
+                                                 [j.doc for j in group])
+                    except BaseException as exc:  # not the driver's (that is mapped per document)
+                        errors = [exc] * len(group)
+                for job, error in zip(group, errors):
+                    job.error, job.done = error, True
+            finally:
+                self._limiter.release()
+        finally:
+            if not self._inserts.get(collection):
+                self._inserts.pop(collection, None)
+            del self._sending[collection]
+            ended.set()
+
+    def _insert_docs(self, handle: Any, collection: str, docs: list[dict[str, Any]]) -> list[BaseException | None]:
+        """In a worker thread: insert the documents, answer each one's error (None: inserted)."""
+        try:
+            if len(docs) == 1:
+                handle.insert_one(docs[0])
+            else:
+                handle.insert_many(docs, ordered=False)
+            return [None] * len(docs)
+        except DuplicateKeyError as exc:
+            return [self._conflict(collection, exc.details or {})]
+        except BulkWriteError as exc:
+            details = exc.details or {}
+            if details.get("writeConcernErrors"):  # not known to be durable: none acknowledged
+                return [Unavailable(f"mongo: {exc}") for _ in docs]
+            errors: list[BaseException | None] = [None] * len(docs)
+            for error in details.get("writeErrors") or []:
+                index = error.get("index")
+                if not isinstance(index, int) or not 0 <= index < len(docs):
+                    return [Unavailable(f"mongo: {exc}") for _ in docs]
+                errors[index] = (self._conflict(collection, error) if error.get("code") == 11000
+                                 else Unavailable(f"mongo: {error.get('errmsg', exc)}"))
+            return errors
+        except OperationFailure as exc:
+            return [Unavailable(f"mongo: {exc}") for _ in docs]
+        except PyMongoError as exc:  # unreachable, timed out, or a server-side failure
+            return [Unavailable(f"mongo: {exc}") for _ in docs]
 
     async def replace(self, collection: str, doc: Document) -> Document:
         check_collection(collection)

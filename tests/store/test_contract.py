@@ -386,6 +386,36 @@ async def test_unique_single_field(indexed: Store):
     await indexed.insert("user", {"email": "a@example.org"})  # free again once deleted
 
 
+async def test_concurrent_inserts_answer_each_alone(indexed: Store):
+    """Inserts started together (both backends send them in groups): each caller gets its own
+    document, or its own Conflict; one conflict takes nothing else down with it."""
+    p = new_id()
+    await indexed.insert("thing", {"parent_id": p, "name": "taken"})
+    names_sent = [f"n{i}" for i in range(12)] + ["taken", "n3", "n13"]  # two duplicates among them
+    answers: dict[int, object] = {}
+
+    async def insert(i: int, name: str) -> None:
+        try:
+            answers[i] = await indexed.insert("thing", {"parent_id": p, "name": name, "i": i})
+        except Conflict as exc:
+            answers[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        for i, name in enumerate(names_sent):
+            nursery.start_soon(insert, i, name)
+
+    conflicts = [i for i, a in answers.items() if isinstance(a, Conflict)]
+    assert len(answers) == len(names_sent)
+    assert sorted(names_sent[i] for i in conflicts) == ["n3", "taken"]  # "taken", one of the two n3
+    assert all(a.index == SCOPED_NAME.name for a in answers.values() if isinstance(a, Conflict))
+    for i, a in answers.items():
+        if not isinstance(a, Conflict):
+            assert a["i"] == i and a["name"] == names_sent[i]
+            assert await indexed.get("thing", a["_id"]) == a
+    stored = await names(indexed, {"parent_id": p})
+    assert stored == sorted([f"n{i}" for i in range(12)] + ["n13", "taken"])
+
+
 async def test_ensure_indexes_is_idempotent(indexed: Store):
     await indexed.ensure_indexes("thing", [SCOPED_NAME, BY_PARENT])
     await indexed.ensure_indexes("thing", [SCOPED_NAME])
