@@ -9,28 +9,12 @@ domain, no adapter (so no address), no DNS record, no document, usage back to ze
 from __future__ import annotations
 
 import signal
-import sqlite3
 import threading
 import time
 
 from agent.sim.model import GiB
+from tests.compute.crash import in_thread, kill_and_restart, storage_usage, stored_count
 from tests.infra.helpers import http, stored, wait_for
-
-
-def _count(kahuna, collection: str) -> int:
-    conn = sqlite3.connect(f"file:{kahuna.workdir / 'data' / 'kahuna.sqlite3'}?mode=ro", uri=True)
-    try:
-        return conn.execute(f'SELECT count(*) FROM "{collection}"').fetchone()[0]
-    except sqlite3.OperationalError:  # the collection was never written
-        return 0
-    finally:
-        conn.close()
-
-
-def _usage(kahuna, world) -> int:
-    status, body = http(kahuna, "GET", f"/project/{world['project']}/usage")
-    assert status == 200, body
-    return body["storage"]
 
 
 def _try(kahuna, method, path, body):
@@ -79,18 +63,11 @@ def _kill_and_restart(kahuna, world, kiwi, steps, threads) -> None:
     k = world["kaktus"]
     for name, _, method, _, done in steps:
         wait_for(lambda: done(k, kiwi), f"{method} of {name} to be done on the sim", timeout=20)
-    kahuna.proc.send_signal(signal.SIGKILL)
-    kahuna.proc.wait(10)
-    for sim in (k, kiwi):
-        sim.faults.clear()
-    for t in threads:
-        t.join(30)
-    # every flow was still in flight (none timed out and undid itself before the kill)
-    assert _count(kahuna, "flow") == len(steps)
-    kahuna.start()
-    for sim in (kiwi, k):
-        sim.start(f"ws://127.0.0.1:{kahuna.hub_port}/ws")
-    wait_for(lambda: _count(kahuna, "flow") == 0, "the restarted Kahuna to recover the flows", timeout=30)
+    def all_in_flight():  # every flow was still in flight (none timed out and undid itself before the kill)
+        assert stored_count(kahuna, "flow") == len(steps)
+
+    kill_and_restart(kahuna, (kiwi, k), threads, while_down=all_in_flight)
+    wait_for(lambda: stored_count(kahuna, "flow") == 0, "the restarted Kahuna to recover the flows", timeout=30)
     for sim in (kiwi, k):
         sim.wait_connected()
 
@@ -102,16 +79,10 @@ def _assert_nothing_left(kahuna, world, kiwi, corp, steps) -> None:
         assert k.domain(name) is None, method
         assert kiwi.resolve(f"{name}.corp.test") == [], method
     for collection in ("kompute", "instance", "volume", "adapter"):
-        assert _count(kahuna, collection) == 0, collection
+        assert stored_count(kahuna, collection) == 0, collection
     status, usage = http(kahuna, "GET", f"/project/{corp['id']}/usage")
     assert usage == {"vcpus": 0, "memory": 0, "storage": 0, "instances": 0}
     assert stored(kahuna, "kaktus", world["kaktus_id"])["usage"] == {"vcpus": 0, "memory": 0, "instances": 0}
-
-
-def _in_thread(fn, *args) -> threading.Thread:
-    thread = threading.Thread(target=fn, args=args)
-    thread.start()
-    return thread
 
 
 def test_sigkill_at_each_step_of_a_kompute_create_is_undone_at_restart(kahuna, world, kiwi, corp):
@@ -119,10 +90,10 @@ def test_sigkill_at_each_step_of_a_kompute_create_is_undone_at_restart(kahuna, w
     _hold(world, kiwi, CREATE_STEPS)
     # those held after the DNS step first, past it before the one held *at* it (record pushes
     # are serialized, so a held CreateDnsRecord would keep them from reaching their steps)
-    threads = [_in_thread(_try, kahuna, "POST", path, _body(n)) for n, *_ in CREATE_STEPS[3:]]
+    threads = [in_thread(_try, kahuna, "POST", path, _body(n)) for n, *_ in CREATE_STEPS[3:]]
     for name, *_ in CREATE_STEPS[3:]:
         wait_for(lambda: kiwi.resolve(f"{name}.corp.test"), f"the record of {name}")
-    threads += [_in_thread(_try, kahuna, "POST", path, _body(n)) for n, *_ in CREATE_STEPS[:3]]
+    threads += [in_thread(_try, kahuna, "POST", path, _body(n)) for n, *_ in CREATE_STEPS[:3]]
     _kill_and_restart(kahuna, world, kiwi, CREATE_STEPS, threads)
     _assert_nothing_left(kahuna, world, kiwi, corp, CREATE_STEPS)
 
@@ -135,7 +106,7 @@ def test_sigkill_at_each_step_of_a_kompute_delete_is_finished_at_restart(kahuna,
         assert status == 201 and kiwi.resolve(f"{name}.corp.test") == [body["ip"]], body
         ids.append(body["id"])
     _hold(world, kiwi, DELETE_STEPS)
-    threads = [_in_thread(_try, kahuna, "DELETE", f"/kompute/{i}", None) for i in ids]
+    threads = [in_thread(_try, kahuna, "DELETE", f"/kompute/{i}", None) for i in ids]
     _kill_and_restart(kahuna, world, kiwi, DELETE_STEPS, threads)
     _assert_nothing_left(kahuna, world, kiwi, corp, DELETE_STEPS)
 
@@ -147,21 +118,21 @@ def test_sigkill_during_a_volume_create_is_recovered_at_restart(kahuna, world):
     answers = []
     request = threading.Thread(target=lambda: answers.append(_try_create(kahuna, world)))
     request.start()
-    wait_for(lambda: _count(kahuna, "flow") == 1 and _usage(kahuna, world) == 4 * GiB,
+    wait_for(lambda: stored_count(kahuna, "flow") == 1 and storage_usage(kahuna, world) == 4 * GiB,
              "the flow to reserve the quota")
     time.sleep(0.3)  # the CreateOsVolume call is in flight
     kahuna.proc.send_signal(signal.SIGKILL)
     kahuna.proc.wait(10)
     request.join(30)
-    assert _count(kahuna, "volume") == 1 and _count(kahuna, "flow") == 1  # what the dead process left
+    assert stored_count(kahuna, "volume") == 1 and stored_count(kahuna, "flow") == 1  # what the dead process left
     # the sim drops a call whose connection went; as if the agent had made the image meanwhile:
     if k.image("ssd", "orphan") is None:
         world["host"].run_sync(lambda: k.model.create_raw_volume("ssd", "orphan", 4 * GiB))
     kahuna.start()
     k.start(f"ws://127.0.0.1:{kahuna.hub_port}/ws")
-    wait_for(lambda: _count(kahuna, "flow") == 0, "the restarted Kahuna to recover the flow", timeout=20)
+    wait_for(lambda: stored_count(kahuna, "flow") == 0, "the restarted Kahuna to recover the flow", timeout=20)
     assert k.image("ssd", "orphan") is None
-    assert _count(kahuna, "volume") == 0 and _usage(kahuna, world) == 0
+    assert stored_count(kahuna, "volume") == 0 and storage_usage(kahuna, world) == 0
     assert http(kahuna, "GET", "/volume")[1] == []
 
 
