@@ -7,6 +7,10 @@ agent's record, a project); a round trip per read would dominate. Why it is safe
 - a `get` that was already reading the database when a write to the same id happened does not
   store what it read (it may be the old version): reads in flight are marked stale by the write;
 - entries are deep-copied in and out, so a caller mutating its result cannot corrupt the cache;
+  `get_shared` is the one exception, for readers that never mutate (authentication, the route
+  guard of a read): it answers the cached document itself, and the same object for as long as
+  the entry lives, so such a reader can also tell "unchanged since I last looked" by identity
+  (`is`): a write, an expiry or an eviction replaces the object;
 - the cache is bounded (LRU) and entries expire after `ttl_seconds`, which also bounds how long
   a write made by *another* process (a second Kahuna node) can go unseen.
 `find` and `count` pass through: query results are not cached.
@@ -168,6 +172,19 @@ class CachedStore(Store):
         if not read.stale:
             self._remember(key, doc)
         return doc  # fresh from the backend: the cache kept its own copy
+
+    async def get_shared(self, collection: str, doc_id: str) -> Document:
+        """`get` without the copy, for a caller that never mutates the answer: the cached
+        document itself (the same object on every hit until a write to that id, its expiry or
+        its eviction replaces it). bench/api.py: an authenticated read made three copies."""
+        key = _key(collection, doc_id)
+        cached = self._lookup(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        doc = await self.get(collection, doc_id)  # counts the miss, caches unless a write raced it
+        cached = self._lookup(key)
+        return doc if cached is None else cached  # uncached (a write raced the read): the caller's own
 
     # Store: writes, each invalidating its id whether it succeeded or not (a failed or cancelled
     # write may still have reached the database)
