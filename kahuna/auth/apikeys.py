@@ -19,25 +19,41 @@ Other features call: `issue_key`, `find_by_key`, `revoke_for`, `token_of`, `expi
 
 from __future__ import annotations
 
+import hmac
 from datetime import date, datetime, time, timedelta, timezone
+from hashlib import sha256
 from typing import Any
 
-from kahuna.auth.secrets import ALPHANUMERIC, equal, generate_key, keyed_digest, seal, unseal
+from kahuna.auth.secrets import equal, generate_key, seal, unseal
 from kahuna.resources.errors import Invalid, Missing
 from kahuna.store import errors as store_errors
 
 KEY_LENGTH = 64
 TOKEN_KIND = "token"
 PARENT_FIELDS = {"user": "user_id", "agent": "agent_id"}
-_ALNUM = frozenset(ALPHANUMERIC)
+
+
+_PURPOSE = "api-key"
+_prefixed: dict[str, Any] = {}  # server secret -> HMAC state after the purpose prefix
 
 
 def digest(server_secret: str, key: str) -> str:
-    return keyed_digest(server_secret.encode(), key, "api-key")
+    """`secrets.keyed_digest(server_secret, key, "api-key")`, from an HMAC state that has already
+    taken the key schedule and the purpose prefix (~1.2 µs instead of ~2.5 µs per request)."""
+    state = _prefixed.get(server_secret)
+    if state is None:
+        state = hmac.new(server_secret.encode(), _PURPOSE.encode() + b"\0", sha256)
+        if len(_prefixed) >= 4:  # one server secret per process (tests use a few)
+            _prefixed.clear()
+        _prefixed[server_secret] = state
+    mac = state.copy()
+    mac.update(key.encode())
+    return mac.hexdigest()
 
 
 def looks_like_key(value: str) -> bool:
-    return len(value) == KEY_LENGTH and all(c in _ALNUM for c in value)
+    """64 characters of [A-Za-z0-9] (str.isalnum of an ASCII string is exactly that)."""
+    return len(value) == KEY_LENGTH and value.isascii() and value.isalnum()
 
 
 def parse_expiration(expire: Any, expiration_date: Any, *, today: date | None = None,
@@ -126,8 +142,10 @@ async def issue_key(resources, server_secret: str, parent_type: str, parent_id: 
 KNOWN_KEYS_MAX = 20_000  # digest -> token id entries kept (~200 bytes each)
 
 
-async def find_by_key(resources, server_secret: str, key: str) -> dict[str, Any] | None:
-    """The token document of a presented key, if it is one of ours and has not expired.
+async def find_by_key(resources, server_secret: str, key: str, *, wanted: str | None = None) -> dict[str, Any] | None:
+    """The token document of a presented key, if it is one of ours and has not expired. The
+    answer is the id cache's own object (`CachedStore.get_shared`): never mutate it. `wanted`:
+    the key's digest, when the caller has it already.
 
     A key seen before is found by its token's id (a read the store's id cache answers, no query
     per request): measured in bench/api.py, the indexed query was the API-key read's cost on the
@@ -140,14 +158,12 @@ async def find_by_key(resources, server_secret: str, key: str) -> dict[str, Any]
     """
     if not isinstance(key, str) or not looks_like_key(key):
         return None
-    wanted = digest(server_secret, key)
+    if wanted is None:
+        wanted = digest(server_secret, key)
     known: dict[str, str] = resources.extras.setdefault("api_key_ids", {})
     token_id = known.get(wanted)
     if token_id is not None:
-        try:
-            doc = await resources.store.get(TOKEN_KIND, token_id)
-        except store_errors.NotFound:
-            doc = None
+        doc = await _shared(resources.store, token_id)
         if doc is not None and equal(doc.get("key_digest") or "", wanted):
             return None if is_expired(doc) else doc
         known.pop(wanted, None)
@@ -157,7 +173,17 @@ async def find_by_key(resources, server_secret: str, key: str) -> dict[str, Any]
     if len(known) >= KNOWN_KEYS_MAX:
         known.pop(next(iter(known)))  # the oldest hint
     known[wanted] = docs[0]["_id"]
-    return None if is_expired(docs[0]) else docs[0]
+    doc = await _shared(resources.store, docs[0]["_id"])  # the cached object, for the caller's memo
+    if doc is None or not equal(doc.get("key_digest") or "", wanted):
+        return None  # deleted or rotated meanwhile
+    return None if is_expired(doc) else doc
+
+
+async def _shared(store, token_id: str) -> dict[str, Any] | None:
+    try:
+        return await (getattr(store, "get_shared", None) or store.get)(TOKEN_KIND, token_id)
+    except store_errors.NotFound:
+        return None
 
 
 async def revoke_for(resources, parent_type: str, parent_id: str) -> int:

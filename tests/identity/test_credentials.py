@@ -182,3 +182,36 @@ def test_agent_keys_deleted_or_expired_through_token_routes_stop_working_on_the_
             tokens.update_api_token(token.id, kowabunga.ApiTokenUpdate(
                 expire=True, expiration_date=date.today() - timedelta(days=1)))
         assert handshake_status(kahuna.hub_port, agent.id, "Kaktus", key) == 403
+
+
+def test_remembered_credentials_follow_each_change_at_once(kahuna, admin, smtp_sink):
+    """Authentication remembers the principal of a key and of a session (kahuna.api.authn): a
+    team change, a rotation and a disabled account are seen on the very next request."""
+    user, password = create_confirmed_user(kahuna, admin, smtp_sink)
+    users = admin_users(admin)
+    seen = len([m for m in smtp_sink.to(user.email) if "API key" in m.subject])
+    users.set_user_api_token(user.id)
+    key = mailed_key(smtp_sink, user.email, seen + 1)
+    token = login(kahuna, user.email, password)
+    region = kowabunga.RegionApi(admin).create_region(kowabunga.Region(name=unique("r"), domain="m.acme.test")).id
+    team = kowabunga.TeamApi(admin).create_team(kowabunga.Team(name=unique("t"), users=[user.id]))
+    project = kowabunga.ProjectApi(admin).create_project(
+        kowabunga.Project(name=unique("p"), teams=[team.id], regions=[region])).id
+    credentials = ({"key": key}, {"token": token})
+    for cred in credentials:
+        for _ in range(2):  # the second time from what authentication remembered
+            assert http(kahuna, "GET", f"/region/{region}", **cred)[0] == 200
+            assert http(kahuna, "GET", f"/project/{project}", **cred)[0] == 200
+    kowabunga.TeamApi(admin).update_team(team.id, kowabunga.TeamUpdate(users=[]))
+    for cred in credentials:
+        assert http(kahuna, "GET", f"/project/{project}", **cred)[0] == 404
+        assert http(kahuna, "GET", f"/region/{region}", **cred)[0] == 200
+    users.set_user_api_token(user.id)
+    rotated = mailed_key(smtp_sink, user.email, seen + 2)
+    assert http(kahuna, "GET", f"/region/{region}", key=key)[0] == 401
+    assert http(kahuna, "GET", f"/region/{region}", key=rotated)[0] == 200
+    # a new address disables the account until confirmed (and closes its sessions)
+    users.update_user(user.id, kowabunga.UserUpdate(email=f"moved-{user.email}"))
+    assert http(kahuna, "GET", f"/region/{region}", key=rotated)[0] == 401
+    assert http(kahuna, "GET", f"/region/{region}", token=token)[0] == 401
+    kowabunga.ProjectApi(admin).delete_project(project)
