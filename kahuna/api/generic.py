@@ -55,7 +55,7 @@ def _install_kind(table: RouteTable, res: Resources, kind: Kind) -> None:
     if "list" in kind.routes:
         table.add(f"/{kind.name}", "GET", access.read, list_all, name=f"list_{kind.name}")
     if "read" in kind.routes:
-        table.add(one, "GET", access.read, read, name=f"read_{kind.name}")
+        table.add(one, "GET", access.read, read, name=f"read_{kind.name}", shared_target=True)
     if "update" in kind.routes:
         table.add(one, "PUT", access.update, update, name=f"update_{kind.name}")
     if "delete" in kind.routes:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol
 
+import orjson
 import trio
 from quart import Response, g, request
 
@@ -24,7 +25,7 @@ from kahuna.api import jsondecode
 from kahuna.auth import policy
 from kahuna.auth.principal import Principal
 from kahuna.resources.errors import DomainError, Invalid
-from kahuna.resources.kind import all_kinds
+from kahuna.resources.kind import all_kinds, get_kind
 
 API_PREFIX = "/api/v1"
 
@@ -63,12 +64,15 @@ class RouteTable:
         self.routes: list[Route] = []
 
     def add(self, path: str, method: str, rule: str, handler: Callable[..., Awaitable[Any]],
-            *, name: str, prefix: str = API_PREFIX, target: str | None = _DEFAULT) -> Route:
+            *, name: str, prefix: str = API_PREFIX, target: str | None = _DEFAULT,
+            shared_target: bool = False) -> Route:
         """Register `handler(principal, **path_params)` for `method path`, guarded by `rule`.
 
         `target` is the path parameter whose object the rule is checked on (default: the first
         one; None: no object check, e.g. a list that the handler filters itself). It must be some
-        kind's id parameter (`regionId`, `projectId`, ...).
+        kind's id parameter (`regionId`, `projectId`, ...). `shared_target`: the handler only
+        reads `target_doc()` (never mutates it nor hands it to code that might), so the guard
+        serves it the id cache's own object instead of a copy.
         """
         policy.check_rule(rule)
         params = _PARAM.findall(path)
@@ -80,19 +84,20 @@ class RouteTable:
                 raise ValueError(f"route {method} {path}: target {target!r} is not a path parameter")
             kind = _kind_of_param(target)
         route = Route(path, method, rule, name, target, kind, prefix)
+        kind_obj = get_kind(kind) if kind is not None else None
+        authenticate, resources = self.authenticate, self.resources
+        public = rule == "public"
         if any(r.path == path and r.method == method and r.prefix == prefix for r in self.routes):
             raise ValueError(f"route {method} {path} registered twice")
         self.routes.append(route)
 
         async def guarded(**params):
             try:
-                principal = None
-                if rule != "public":
-                    principal = await self.authenticate(request.headers)
+                principal = None if public else await authenticate(request.headers)
                 policy.gate(rule, principal)
                 if target is not None:
-                    g.kahuna_target = await policy.load(self.resources, principal, rule, kind, params[target])
-                g.kahuna_principal = principal
+                    g.kahuna_target = await policy.load(resources, principal, rule, kind_obj, params[target],
+                                                        shared=shared_target)
                 return await handler(principal, **params)
             except Exception:
                 await _drain_body()
@@ -134,8 +139,26 @@ def _quart_path(path: str) -> str:
     return path.replace("{", "<").replace("}", ">")
 
 
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS  # to default=str
+
+
+def json_bytes(body: Any) -> bytes:
+    """`body` as JSON, compact: orjson (~0.5 µs for a document against ~4 µs), and the standard
+    encoder wherever the two could mean different things: what orjson refuses (integers past 64
+    bits, non-string keys, lone surrogates: TypeError) and any output holding a null (orjson
+    writes NaN and infinities as null) are re-done by `json.dumps`, compact too. Objects JSON
+    has no type for are written as `str()` writes them, as before (datetimes, ObjectIds)."""
+    try:
+        out = orjson.dumps(body, default=str, option=_ORJSON_OPTIONS)
+    except TypeError:
+        return json.dumps(body, default=str, separators=(",", ":")).encode()
+    if b"null" in out:
+        return json.dumps(body, default=str, separators=(",", ":")).encode()
+    return out
+
+
 def json_response(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, default=str), status=status, content_type="application/json")
+    return Response(json_bytes(body), status=status, content_type="application/json")
 
 
 async def json_body() -> Any:

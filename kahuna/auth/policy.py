@@ -32,8 +32,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from kahuna.auth.principal import Principal
-from kahuna.resources.errors import Forbidden, NotFoundError, Unauthorized
+from kahuna.resources.errors import Forbidden, NotFoundError, Unauthorized, Unavailable
 from kahuna.resources.kind import Kind, get_kind
+from kahuna.store import errors as store_errors
+from kahuna.store.base import is_valid_id
 
 RULES: dict[str, str] = {
     "public": "no authentication",
@@ -94,15 +96,31 @@ def not_found(kind: Kind, doc_id: Any) -> NotFoundError:
     return NotFoundError(f"{kind.label} {doc_id} not found")
 
 
-async def load(res, principal: Principal | None, rule: str, kind: Kind | str, doc_id: str) -> Doc:
-    """The document `doc_id` of `kind`, if `principal` may act on it under `rule`."""
+async def load(res, principal: Principal | None, rule: str, kind: Kind | str, doc_id: str, *,
+               shared: bool = False) -> Doc:
+    """The document `doc_id` of `kind`, if `principal` may act on it under `rule`. `shared`: the
+    id cache's own object (`CachedStore.get_shared`, no copy), for a caller that never mutates
+    it (a read that only presents the document)."""
     kind = _kind(kind)
     try:
-        doc = await res.get(kind, doc_id)
+        doc = await (_get_shared(res, kind, doc_id) if shared else res.get(kind, doc_id))
     except NotFoundError:
         raise not_found(kind, doc_id) from None
     await authorize(res, principal, rule, kind, doc)
     return doc
+
+
+async def _get_shared(res, kind: Kind, doc_id: str) -> Doc:
+    """`res.get(kind, doc_id)` answering the cached object itself (where the store has a cache)."""
+    get = getattr(res.store, "get_shared", None)
+    if get is None or not is_valid_id(doc_id):
+        return await res.get(kind, doc_id)
+    try:
+        return await get(kind.collection, doc_id)
+    except store_errors.NotFound:
+        raise not_found(kind, doc_id) from None
+    except store_errors.Unavailable as exc:
+        raise Unavailable(f"database unavailable: {exc}") from None
 
 
 async def authorize(res, principal: Principal | None, rule: str, kind: Kind | str, doc: Doc) -> None:
