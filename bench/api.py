@@ -1,6 +1,6 @@
 """REST benchmark (issue 13): Kahuna's API next to the stack's floor, same machine, same run.
 
-    python bench/api.py [--rounds 3] [--stores embedded,mongo]
+    python bench/api.py [--rounds 3] [--stores embedded,mongo] [--parts read,list,create,keys]
 
 The load generator is wrk (Debian package `wrk`: `apt-get install wrk`), one thread, keep-alive
 connections, so it is never the bottleneck: its figures against the floor show that. Measured:
@@ -247,7 +247,10 @@ def jwt_of(base: str, email: str) -> str:
     return json.loads(resp.data)["jwt"]
 
 
-def bench_store(store: str, work: Path, rounds: int, floor: "Floor") -> list[dict]:
+PARTS = ("read", "list", "create", "keys")
+
+
+def bench_store(store: str, work: Path, rounds: int, floor: "Floor", parts=PARTS) -> list[dict]:
     rows: list[dict] = []
     with ExitStack() as stack:
         db = None
@@ -268,15 +271,17 @@ def bench_store(store: str, work: Path, rounds: int, floor: "Floor") -> list[dic
         import urllib3
         pool = urllib3.PoolManager(maxsize=4)
         region = request(base, "POST", "/region", {"name": "bench-read", "domain": "bench.test"}, pool=pool)
-        t0 = time.monotonic()
-        for i in range(LIST_SIZE):
-            request(base, "POST", f"/region/{region['id']}/zone", {"name": f"z{i}"}, pool=pool)
-        say(f"{store}: {LIST_SIZE} zones created in {time.monotonic() - t0:.1f} s")
+        if "list" in parts:
+            t0 = time.monotonic()
+            for i in range(LIST_SIZE):
+                request(base, "POST", f"/region/{region['id']}/zone", {"name": f"z{i}"}, pool=pool)
+            say(f"{store}: {LIST_SIZE} zones created in {time.monotonic() - t0:.1f} s")
         key = readers[1][2]
         token = jwt_of(base, readers[0][1])
         read_url = f"{base}/region/{region['id']}"
         list_url = f"{base}/region/{region['id']}/zones"
-        assert len(request(base, "GET", f"/region/{region['id']}/zones", key=key)) == LIST_SIZE
+        if "list" in parts:
+            assert len(request(base, "GET", f"/region/{region['id']}/zones", key=key)) == LIST_SIZE
 
         def measure(what: str, url: str, headers: dict, c: int, post_prefix: str | None = None) -> None:
             r, f = paired((url, headers, kahuna.proc.pid), (floor.url + "/region/x", {}, floor.proc.pid), c,
@@ -290,11 +295,16 @@ def bench_store(store: str, work: Path, rounds: int, floor: "Floor") -> list[dic
                 + (f"  NON-2XX {r['non_2xx']}" if r["non_2xx"] else ""))
 
         for c in CONCURRENCY:
-            measure("read, API key", read_url, {"X-API-Key": key}, c)
-            measure("read, JWT", read_url, {"Authorization": f"Bearer {token}"}, c)
-            measure(f"list {LIST_SIZE} ids, API key", list_url, {"X-API-Key": key}, c)
-            measure("create, API key", f"{base}/region", {"X-API-Key": admins[0][2]}, c,
-                    post_prefix=f"b{c}-{secrets.token_hex(3)}")
+            if "read" in parts:
+                measure("read, API key", read_url, {"X-API-Key": key}, c)
+                measure("read, JWT", read_url, {"Authorization": f"Bearer {token}"}, c)
+            if "list" in parts:
+                measure(f"list {LIST_SIZE} ids, API key", list_url, {"X-API-Key": key}, c)
+            if "create" in parts:
+                measure("create, API key", f"{base}/region", {"X-API-Key": admins[0][2]}, c,
+                        post_prefix=f"b{c}-{secrets.token_hex(3)}")
+        if "keys" not in parts:
+            return rows
         say(f"{store}: issuing {MANY_KEYS - 10} more API keys")
         t0 = time.monotonic()
         kahuna.stop()  # a bulk load next to the daemon's own store
@@ -376,6 +386,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3, help="1-second rounds per figure (each paired with the floor)")
     ap.add_argument("--stores", default="embedded,mongo")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="what to measure besides the floor: read (GET /region/{id}, API key and JWT), list "
+                         f"({LIST_SIZE} ids), create, keys (the API-key read with {MANY_KEYS} keys issued)")
     ap.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--with-metrics", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -398,7 +411,7 @@ def main() -> None:
                     f"{m['rps']:8.0f} req/s {m['cpu_us']:.0f} µs/req")
             rows = []
             for store in args.stores.split(","):
-                rows += bench_store(store, work, args.rounds, floor)
+                rows += bench_store(store, work, args.rounds, floor, tuple(args.parts.split(",")))
         finally:
             floor.stop()
             floor_m.stop()
