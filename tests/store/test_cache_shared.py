@@ -1,12 +1,11 @@
 """CachedStore.get_shared: the cached document itself, without a copy, for readers that never
 mutate it (authentication, the route guard of a read). Those readers also remember what they
 built from a document by its identity, so a write, an expiry or an eviction must replace the
-object, and a read raced by a write must not be kept."""
+object, and a read raced by a write must not be kept (tests/store/test_contract.py, with `get`)."""
 
 from __future__ import annotations
 
 import pytest
-import trio
 
 from kahuna.store.cache import CachedStore
 from kahuna.store.errors import NotFound
@@ -44,30 +43,3 @@ async def test_expiry_and_eviction_replace_the_object(cached: CachedStore):
     await c.get_shared("thing", d["_id"])  # a is the least recently used: evicted
     assert await c.get_shared("thing", a["_id"]) is not second
     assert c.hits == 0 and c.misses == 5
-
-
-async def test_a_read_raced_by_a_write_is_not_kept(cached: CachedStore, monkeypatch):
-    read_done, gate = trio.Event(), trio.Event()
-    real_get = cached.inner.get
-
-    async def slow_get(collection, doc_id):
-        doc = await real_get(collection, doc_id)
-        read_done.set()
-        await gate.wait()
-        return doc
-
-    monkeypatch.setattr(cached.inner, "get", slow_get)
-    doc = await cached.inner.insert("thing", {"n": 1})
-    seen = []
-
-    async def reader() -> None:
-        seen.append(await cached.get_shared("thing", doc["_id"]))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
-        await read_done.wait()
-        await cached.update_fields("thing", doc["_id"], {"n": 2})
-        gate.set()
-    assert seen[0]["n"] == 1  # what the raced read saw, answered but not cached
-    after = await cached.get_shared("thing", doc["_id"])
-    assert after["n"] == 2 and after is not seen[0]

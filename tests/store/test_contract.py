@@ -542,8 +542,10 @@ async def test_cache_is_lru_bounded(cached: CachedStore):
     assert (await c.get("thing", b["_id"]))["v"] == 2, "b was evicted"
 
 
-async def test_cache_does_not_keep_a_read_raced_by_a_write(cached: CachedStore, monkeypatch):
-    """A get that read the old version while a write landed must not cache it."""
+@pytest.mark.parametrize("read", ["get", "get_shared"])
+async def test_cache_does_not_keep_a_read_raced_by_a_write(cached: CachedStore, monkeypatch, read):
+    """A get (a copy, or the cached object itself) that read the old version while a write
+    landed must not cache it."""
     read_done, gate = trio.Event(), trio.Event()
     real_get = cached.inner.get
 
@@ -558,7 +560,7 @@ async def test_cache_does_not_keep_a_read_raced_by_a_write(cached: CachedStore, 
     seen = []
 
     async def reader() -> None:
-        seen.append(await cached.get("thing", doc["_id"]))
+        seen.append(await getattr(cached, read)("thing", doc["_id"]))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader)
@@ -567,7 +569,8 @@ async def test_cache_does_not_keep_a_read_raced_by_a_write(cached: CachedStore, 
         gate.set()
     assert seen[0]["n"] == 1
     gate.set()
-    assert (await cached.get("thing", doc["_id"]))["n"] == 2, "the raced read must not have been cached"
+    after = await getattr(cached, read)("thing", doc["_id"])
+    assert after["n"] == 2 and after is not seen[0], "the raced read must not have been cached"
 
 
 # --- availability ----------------------------------------------------------------------------
