@@ -178,6 +178,21 @@ def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _apply_fields(conn: sqlite3.Connection, collection: str, key: str,
+                  changes: Mapping[str, Any]) -> Document | None:
+    """Read-modify-write of one document inside the caller's write transaction: `changes`
+    (dotted paths) set, one UPDATE; None when there is no such document."""
+    row = conn.execute(f'SELECT doc FROM "{collection}" WHERE _id = ?', (key,)).fetchone()
+    if row is None:
+        return None
+    body = json.loads(row[0], object_hook=_hook)
+    for path, value in changes.items():
+        _set_path(body, path, value)
+    text = _dumps(body)
+    conn.execute(f'UPDATE "{collection}" SET doc = ? WHERE _id = ?', (text, key))
+    return _document(key, text)
+
+
 # --- group commit --------------------------------------------------------------------------
 
 class _Write:
@@ -511,15 +526,7 @@ class EmbeddedStore(Store):
         def run(conn: sqlite3.Connection) -> Document | None:
             # inside its group's BEGIN IMMEDIATE transaction: the write lock is held from the
             # start, so no other writer can slip in between our read and our (one) write
-            row = conn.execute(f'SELECT doc FROM "{collection}" WHERE _id = ?', (key,)).fetchone()
-            if row is None:
-                return None
-            body = json.loads(row[0], object_hook=_hook)
-            for path, value in changes.items():
-                _set_path(body, path, value)
-            text = _dumps(body)
-            conn.execute(f'UPDATE "{collection}" SET doc = ? WHERE _id = ?', (text, key))
-            return _document(key, text)
+            return _apply_fields(conn, collection, key, changes)
 
         result = await self._write(collection, run)
         if result is None:
@@ -545,15 +552,9 @@ class EmbeddedStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for given, key, fields in todo:
-                    row = conn.execute(f'SELECT doc FROM "{collection}" WHERE _id = ?', (key,)).fetchone()
-                    if row is None:
-                        continue
-                    body = json.loads(row[0], object_hook=_hook)
-                    for path, value in fields.items():
-                        _set_path(body, path, value)
-                    text = _dumps(body)
-                    conn.execute(f'UPDATE "{collection}" SET doc = ? WHERE _id = ?', (text, key))
-                    out[given] = _document(key, text)
+                    doc = _apply_fields(conn, collection, key, fields)
+                    if doc is not None:
+                        out[given] = doc
                 conn.execute("COMMIT")
                 return out
             except BaseException:
