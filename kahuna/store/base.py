@@ -22,7 +22,7 @@ import abc
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 import trio
 from bson import ObjectId
@@ -224,6 +224,75 @@ class Store(abc.ABC):
             except NotFound:
                 continue
         return out
+
+
+class GroupJob:
+    """One write waiting in a `WriteGroups`; `value` / `error` and `done` are set by the group's
+    runner once its group has ended (a backend's job adds what it needs to run)."""
+
+    __slots__ = ("taken", "value", "error", "done")
+
+    def __init__(self) -> None:
+        self.taken = False  # in a group being run: no longer cancellable
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class WriteGroups:
+    """Concurrent writes run in groups (the backends' group commit): a write that finds no group
+    running leads the next one, which takes every write queued so far; writes arriving meanwhile
+    wait for the group after. Each write is answered only after the group holding it has ended.
+
+    `run(take)` is the backend's: it gets ready (e.g. takes its connection; cancellable, nothing
+    is taken yet), calls `take()` (or `take(everything=True)`) for the jobs to run, and must set
+    `done` on each of them, with its `value` or `error`. Cancellation: a write cancelled while
+    queued leaves the queue and never runs; one whose group is running cannot be stopped: its
+    caller waits for the group (bounded by the backend's own timeouts) and gets the answer."""
+
+    def __init__(self, run: Callable[[Callable[..., list]], Awaitable[None]], max_group: int) -> None:
+        self._run = run
+        self._max = max_group
+        self._queue: list[GroupJob] = []
+        self._running: trio.Event | None = None  # set when the group being run has ended
+
+    async def submit(self, job: GroupJob) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._queue.append(job)
+        while not job.done:
+            running = self._running
+            try:
+                if running is None:  # no group running: this write leads the next one
+                    await self._lead()
+                else:
+                    await running.wait()
+            except trio.Cancelled:
+                if not job.taken:  # still queued: it leaves the queue and never runs
+                    self._queue.remove(job)
+                    raise
+                with trio.CancelScope(shield=True):  # taken: wait for its group's answer
+                    while not job.done:
+                        await self._running.wait()
+        if job.error is not None:
+            error, job.error = job.error, None
+            raise error
+        return job.value
+
+    def take(self, everything: bool = False) -> list:
+        """The jobs of the group being led (at most `max_group`, or the whole queue)."""
+        cut = len(self._queue) if everything else self._max
+        group, self._queue = self._queue[:cut], self._queue[cut:]
+        for job in group:
+            job.taken = True
+        return group
+
+    async def _lead(self) -> None:
+        ended = self._running = trio.Event()
+        try:
+            await self._run(self.take)
+        finally:
+            self._running = None
+            ended.set()
 
 
 async def delete_if_present(store: Store, collection: str, doc_id: str) -> bool:

@@ -54,8 +54,10 @@ from .base import (
     Condition,
     Document,
     Filter,
+    GroupJob,
     Index,
     Store,
+    WriteGroups,
     check_collection,
     check_index,
     check_limit,
@@ -195,19 +197,16 @@ def _apply_fields(conn: sqlite3.Connection, collection: str, key: str,
 
 # --- group commit --------------------------------------------------------------------------
 
-class _Write:
+class _Write(GroupJob):
     """One queued write: `fn(conn)` runs inside its group's transaction (one writing statement,
-    see the module docstring); `outcome` is set once its group has committed or failed."""
+    see the module docstring)."""
 
-    __slots__ = ("collection", "fn", "taken", "value", "error", "done")
+    __slots__ = ("collection", "fn")
 
     def __init__(self, collection: str, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        super().__init__()
         self.collection = collection
         self.fn = fn
-        self.taken = False  # in a group being committed: no longer cancellable
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.done = False
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -224,8 +223,7 @@ class EmbeddedStore(Store):
         self._idle: list[sqlite3.Connection] = []
         self._tables: set[str] = set()
         self._is_open = False
-        self._queue: list[_Write] = []  # writes waiting for the next group commit
-        self._group: trio.Event | None = None  # set when the group being committed has ended
+        self._groups = WriteGroups(self._commit_group, _MAX_GROUP)  # the group commit
 
     # lifecycle
 
@@ -314,60 +312,31 @@ class EmbeddedStore(Store):
         COMMIT is on disk (see the module docstring: group commit, cancellation)."""
         if not self._is_open:
             raise Unavailable("embedded store is not open")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        job = _Write(collection, fn)
-        self._queue.append(job)
-        while not job.done:
-            group = self._group
-            try:
-                if group is None:  # no commit running: this write leads the next group
-                    await self._commit_group()
-                else:
-                    await group.wait()
-            except trio.Cancelled:
-                if not job.taken:  # still queued: it leaves the queue and never runs
-                    self._queue.remove(job)
-                    raise
-                # in a group being committed: the write cannot be stopped; wait for its COMMIT
-                # (the thread call it is in is bounded by the busy timeout)
-                with trio.CancelScope(shield=True):
-                    while not job.done:
-                        await self._group.wait()
-        if job.error is not None:
-            error, job.error = job.error, None
-            raise error
-        return job.value
+        return await self._groups.submit(_Write(collection, fn))
 
-    async def _commit_group(self) -> None:
-        ended = self._group = trio.Event()
+    async def _commit_group(self, take: Callable[..., list[_Write]]) -> None:
+        """One group of `WriteGroups`: a connection, then every write queued, in one transaction."""
+        await self._acquire()  # cancellable: nothing is taken yet
         try:
-            await self._acquire()  # cancellable: nothing is taken yet
+            if not self._is_open:
+                for job in take(everything=True):
+                    job.error, job.done = Unavailable("embedded store is not open"), True
+                return
+            group = take()
+            conn = self._idle.pop()
             try:
-                if not self._is_open:
-                    group, self._queue = self._queue, []
-                    for job in group:
-                        job.error, job.done = Unavailable("embedded store is not open"), True
-                    return
-                group, self._queue = self._queue[:_MAX_GROUP], self._queue[_MAX_GROUP:]
+                await in_worker(self._run_group, conn, group)  # not cancellable
+            except BaseException as exc:  # the thread never ran (_run_group answers every job)
                 for job in group:
-                    job.taken = True
-                conn = self._idle.pop()
-                try:
-                    await in_worker(self._run_group, conn, group)  # not cancellable
-                except BaseException as exc:  # the thread never ran (_run_group answers every job)
-                    for job in group:
-                        if not job.done:
-                            job.value, job.error, job.done = None, exc, True
-                finally:
-                    if self._is_open:
-                        self._idle.append(conn)
-                    else:
-                        conn.close()
+                    if not job.done:
+                        job.value, job.error, job.done = None, exc, True
             finally:
-                self._limiter.release()
+                if self._is_open:
+                    self._idle.append(conn)
+                else:
+                    conn.close()
         finally:
-            self._group = None
-            ended.set()
+            self._limiter.release()
 
     def _run_group(self, conn: sqlite3.Connection, group: list[_Write]) -> None:
         """In the worker thread: the group's writes in one transaction; each job gets its

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import bson
@@ -54,8 +55,10 @@ from .base import (
     Condition,
     Document,
     Filter,
+    GroupJob,
     Index,
     Store,
+    WriteGroups,
     check_collection,
     check_index,
     check_limit,
@@ -134,16 +137,14 @@ def _query(filter: Filter | None) -> dict[str, Any]:
 _MAX_GROUP = 256  # documents per insert_many
 
 
-class _Insert:
-    """One queued insert (its document as sent); `error` / `done` set when its group ended."""
+class _Insert(GroupJob):
+    """One queued insert (its document as sent)."""
 
-    __slots__ = ("doc", "taken", "error", "done")
+    __slots__ = ("doc",)
 
     def __init__(self, doc: dict[str, Any]) -> None:
+        super().__init__()
         self.doc = doc
-        self.taken = False
-        self.error: BaseException | None = None
-        self.done = False
 
 
 class MongoStore(Store):
@@ -165,8 +166,7 @@ class MongoStore(Store):
         self._db: Any = None
         # index fields per collection, to name a DuplicateKeyError's index (see _conflict)
         self._indexes: dict[str, list[Index]] = {}
-        self._inserts: dict[str, list[_Insert]] = {}  # per collection: waiting for the next group
-        self._sending: dict[str, trio.Event] = {}  # per collection: set when its group in flight ended
+        self._inserts: dict[str, WriteGroups] = {}  # per collection: its inserts' groups
 
     # lifecycle
 
@@ -326,55 +326,30 @@ class MongoStore(Store):
         """Send `doc` with the next group of inserts into `collection` (module docstring)."""
         if self._db is None:
             raise Unavailable("mongo store is not open")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        job = _Insert(doc)
-        self._inserts.setdefault(collection, []).append(job)
-        while not job.done:
-            sending = self._sending.get(collection)
-            try:
-                if sending is None:  # none in flight: this insert sends the next group
-                    await self._send_group(collection)
-                else:
-                    await sending.wait()
-            except trio.Cancelled:
-                if not job.taken:  # still queued: it leaves the queue and is never sent
-                    self._inserts[collection].remove(job)
-                    raise
-                with trio.CancelScope(shield=True):  # sent: wait for its answer (bounded by
-                    while not job.done:              # the driver's timeouts)
-                        await self._sending[collection].wait()
-        if job.error is not None:
-            error, job.error = job.error, None
-            raise error
+        groups = self._inserts.get(collection)
+        if groups is None:
+            groups = self._inserts[collection] = WriteGroups(partial(self._send_group, collection), _MAX_GROUP)
+        await groups.submit(_Insert(doc))
 
-    async def _send_group(self, collection: str) -> None:
-        ended = self._sending[collection] = trio.Event()
+    async def _send_group(self, collection: str, take: Callable[..., list[_Insert]]) -> None:
+        """One group of `WriteGroups`: every insert queued for `collection`, in one command."""
+        await self._limiter.acquire()  # cancellable: nothing is taken yet
         try:
-            await self._limiter.acquire()  # cancellable: nothing is taken yet
-            try:
-                queue = self._inserts[collection]
-                group, self._inserts[collection] = queue[:_MAX_GROUP], queue[_MAX_GROUP:]
-                for job in group:
-                    job.taken = True
-                db = self._db
-                errors: list[BaseException | None]
-                if db is None:
-                    errors = [Unavailable("mongo store is not open") for _ in group]
-                else:
-                    try:
-                        errors = await in_worker(self._insert_docs, db.get_collection(collection), collection,
-                                                 [j.doc for j in group])
-                    except BaseException as exc:  # not the driver's (that is mapped per document)
-                        errors = [exc] * len(group)
-                for job, error in zip(group, errors):
-                    job.error, job.done = error, True
-            finally:
-                self._limiter.release()
+            group = take()
+            db = self._db
+            errors: list[BaseException | None]
+            if db is None:
+                errors = [Unavailable("mongo store is not open") for _ in group]
+            else:
+                try:
+                    errors = await in_worker(self._insert_docs, db.get_collection(collection), collection,
+                                             [j.doc for j in group])
+                except BaseException as exc:  # not the driver's (that is mapped per document)
+                    errors = [exc] * len(group)
+            for job, error in zip(group, errors):
+                job.error, job.done = error, True
         finally:
-            if not self._inserts.get(collection):
-                self._inserts.pop(collection, None)
-            del self._sending[collection]
-            ended.set()
+            self._limiter.release()
 
     def _insert_docs(self, handle: Any, collection: str, docs: list[dict[str, Any]]) -> list[BaseException | None]:
         """In a worker thread: insert the documents, answer each one's error (None: inserted)."""
