@@ -33,7 +33,7 @@ from kahuna.auth.secrets import equal
 from kahuna.resources import identity
 from kahuna.resources.errors import Unauthorized, Unavailable
 from kahuna.store import errors as store_errors
-from kahuna.store.base import is_valid_id
+from kahuna.store.base import is_valid_id, read_shared
 
 MEMO_MAX = 20_000  # remembered principals per credential type (a few hundred bytes each)
 _USERS = identity.USER.collection
@@ -89,12 +89,8 @@ class HeaderAuthenticator:
 
     async def _shared(self, collection: str, doc_id: Any) -> dict | None:
         """The cached document itself (never mutated here), None when there is none."""
-        store = self._resources.store
-        get = getattr(store, "get_shared", None) or store.get
         try:
-            return await get(collection, doc_id)
-        except store_errors.NotFound:
-            return None
+            return await read_shared(self._resources.store, collection, doc_id)
         except store_errors.Unavailable as exc:
             raise Unavailable(f"database unavailable: {exc}") from None
 

@@ -19,36 +19,20 @@ Other features call: `issue_key`, `find_by_key`, `revoke_for`, `token_of`, `expi
 
 from __future__ import annotations
 
-import hmac
 from datetime import date, datetime, time, timedelta, timezone
-from hashlib import sha256
 from typing import Any
 
-from kahuna.auth.secrets import equal, generate_key, seal, unseal
+from kahuna.auth.secrets import equal, generate_key, keyed_digest, seal, unseal
 from kahuna.resources.errors import Invalid, Missing
-from kahuna.store import errors as store_errors
+from kahuna.store.base import read_shared
 
 KEY_LENGTH = 64
 TOKEN_KIND = "token"
 PARENT_FIELDS = {"user": "user_id", "agent": "agent_id"}
 
 
-_PURPOSE = "api-key"
-_prefixed: dict[str, Any] = {}  # server secret -> HMAC state after the purpose prefix
-
-
 def digest(server_secret: str, key: str) -> str:
-    """`secrets.keyed_digest(server_secret, key, "api-key")`, from an HMAC state that has already
-    taken the key schedule and the purpose prefix (~1.2 µs instead of ~2.5 µs per request)."""
-    state = _prefixed.get(server_secret)
-    if state is None:
-        state = hmac.new(server_secret.encode(), _PURPOSE.encode() + b"\0", sha256)
-        if len(_prefixed) >= 4:  # one server secret per process (tests use a few)
-            _prefixed.clear()
-        _prefixed[server_secret] = state
-    mac = state.copy()
-    mac.update(key.encode())
-    return mac.hexdigest()
+    return keyed_digest(server_secret.encode(), key, "api-key")
 
 
 def looks_like_key(value: str) -> bool:
@@ -163,7 +147,7 @@ async def find_by_key(resources, server_secret: str, key: str, *, wanted: str | 
     known: dict[str, str] = resources.extras.setdefault("api_key_ids", {})
     token_id = known.get(wanted)
     if token_id is not None:
-        doc = await _shared(resources.store, token_id)
+        doc = await read_shared(resources.store, TOKEN_KIND, token_id)
         if doc is not None and equal(doc.get("key_digest") or "", wanted):
             return None if is_expired(doc) else doc
         known.pop(wanted, None)
@@ -173,17 +157,10 @@ async def find_by_key(resources, server_secret: str, key: str, *, wanted: str | 
     if len(known) >= KNOWN_KEYS_MAX:
         known.pop(next(iter(known)))  # the oldest hint
     known[wanted] = docs[0]["_id"]
-    doc = await _shared(resources.store, docs[0]["_id"])  # the cached object, for the caller's memo
+    doc = await read_shared(resources.store, TOKEN_KIND, docs[0]["_id"])  # the cached object, for the caller's memo
     if doc is None or not equal(doc.get("key_digest") or "", wanted):
         return None  # deleted or rotated meanwhile
     return None if is_expired(doc) else doc
-
-
-async def _shared(store, token_id: str) -> dict[str, Any] | None:
-    try:
-        return await (getattr(store, "get_shared", None) or store.get)(TOKEN_KIND, token_id)
-    except store_errors.NotFound:
-        return None
 
 
 async def revoke_for(resources, parent_type: str, parent_id: str) -> int:

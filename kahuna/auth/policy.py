@@ -35,7 +35,7 @@ from kahuna.auth.principal import Principal
 from kahuna.resources.errors import Forbidden, NotFoundError, Unauthorized, Unavailable
 from kahuna.resources.kind import Kind, get_kind
 from kahuna.store import errors as store_errors
-from kahuna.store.base import is_valid_id
+from kahuna.store.base import is_valid_id, read_shared
 
 RULES: dict[str, str] = {
     "public": "no authentication",
@@ -112,15 +112,15 @@ async def load(res, principal: Principal | None, rule: str, kind: Kind | str, do
 
 async def _get_shared(res, kind: Kind, doc_id: str) -> Doc:
     """`res.get(kind, doc_id)` answering the cached object itself (where the store has a cache)."""
-    get = getattr(res.store, "get_shared", None)
-    if get is None or not is_valid_id(doc_id):
+    if not is_valid_id(doc_id):
         return await res.get(kind, doc_id)
     try:
-        return await get(kind.collection, doc_id)
-    except store_errors.NotFound:
-        raise not_found(kind, doc_id) from None
+        doc = await read_shared(res.store, kind.collection, doc_id)
     except store_errors.Unavailable as exc:
         raise Unavailable(f"database unavailable: {exc}") from None
+    if doc is None:
+        raise not_found(kind, doc_id)
+    return doc
 
 
 async def authorize(res, principal: Principal | None, rule: str, kind: Kind | str, doc: Doc) -> None:

@@ -295,6 +295,16 @@ class WriteGroups:
             ended.set()
 
 
+async def read_shared(store: Store, collection: str, doc_id: str) -> Document | None:
+    """The document as the store's id cache holds it (`CachedStore.get_shared`: no copy, the same
+    object until a write, an expiry or an eviction replaces it: never mutate it), or a plain
+    `get` where there is no cache; None when there is no such document."""
+    try:
+        return await (getattr(store, "get_shared", None) or store.get)(collection, doc_id)
+    except NotFound:
+        return None
+
+
 async def delete_if_present(store: Store, collection: str, doc_id: str) -> bool:
     """Delete a document; False when it was already gone. For the deletes that must be idempotent
     (undos, recovery, clean-up): True tells the caller it removed it, so that what the document
