@@ -33,7 +33,8 @@ sits in CLOSE-WAIT with its descriptor for that long (1,100 dropped connections 
 a 1,024 limit). `_ClosingTCPServer` stops the idle timer once nothing more can be read (EOF,
 read_timeout, reset): the idle timer exists only to close the connection, which is now closing
 anyway once in-flight work ends. `guard()` installs it (idempotently) in `hypercorn.trio.run`,
-the one place hypercorn 0.18 names the class.
+the one place hypercorn 0.18 names the class. Its idle timer is `kahuna.api.idle_timer`'s (why:
+there).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from hypercorn import protocol as hypercorn_protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import run as hypercorn_trio_run
 from hypercorn.trio.tcp_server import TCPServer
+
+from kahuna.api.idle_timer import IdleTimer
 
 DRAIN_MAX_BYTES = 1024 * 1024
 DRAIN_SECONDS = 5.0
@@ -113,12 +116,15 @@ def _body_framing(scope) -> tuple[int | None, bool]:
 
 
 class _ClosingTCPServer(TCPServer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_task = IdleTimer(self)  # one task per connection, not one per request
+
     async def _read_data(self) -> None:
         try:
             await super()._read_data()
         finally:
-            with trio.CancelScope(shield=True):
-                await self.idle_task.stop()
+            self.idle_task.close()
 
 
 class _JsonErrorH11Protocol(H11Protocol):

@@ -1,0 +1,88 @@
+"""A keep-alive connection's idle timer for hypercorn's trio `TCPServer`: one task per connection
+whose deadline moves, instead of a task cancelled and spawned on every request.
+
+What it replaces (hypercorn 0.18, `TrioSingleTask`): the server stops the timer when a request
+arrives (`Updated(idle=False)`) and restarts it once the response is out and the connection is
+recycled (`Updated(idle=True)`); each restart takes a `trio.Lock`, cancels the previous timer task
+and starts a new one with `nursery.start`, whose caller waits a scheduler round for the new task
+to report started. That restart runs on every keep-alive request inside the response's final send
+(which `kahuna.api.guard` shields so it completes): bench/api.py measured it at ~110 µs of CPU per
+request, a quarter of the stack's cheapest request. (A bare hypercorn + Quart-trio app never pays
+it: Quart cancels its request task when hypercorn signals the stream's end, so the restart's lock
+raises `Cancelled` and the timer is never restarted -- idle connections then never time out.)
+
+Here the same contract costs two deadline assignments per request:
+- idle (after `restart`): the connection is closed when `keep_alive_timeout` passes, or at once
+  when the server is terminating (`context.terminated`), as hypercorn's `_idle_timeout` does;
+- busy (after `stop`): nothing closes it; a termination meanwhile closes it once idle again;
+- `close()`: the connection is ending (its reader left); the task ends so the connection's task
+  group can finish.
+The API is `TrioSingleTask`'s (`restart(task_group, action)`, `stop()`), so `TCPServer` calls it
+unchanged; `action` is ignored, since this timer's own wait is hypercorn's `_idle_timeout`.
+"""
+
+from __future__ import annotations
+
+from math import inf
+from typing import Any
+
+import trio
+
+
+class IdleTimer:
+    def __init__(self, server: Any) -> None:
+        self._server = server  # hypercorn's TCPServer: its config, context, and close path
+        self._idle = False
+        self._closed = False
+        self._started = False
+        self._deadline = inf
+        self._wait: trio.CancelScope | None = None  # the watcher's current wait
+        self._became_idle: trio.Event | None = None  # only while terminating during a request
+
+    def _move(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._wait is not None:
+            self._wait.deadline = deadline
+
+    async def restart(self, task_group: Any, action: Any = None) -> None:
+        if self._closed:
+            return
+        self._idle = True
+        self._move(trio.current_time() + self._server.config.keep_alive_timeout)
+        if self._became_idle is not None:
+            self._became_idle.set()
+        if not self._started:
+            self._started = True
+            task_group.spawn(self._watch)
+
+    async def stop(self) -> None:
+        self._idle = False
+        self._move(inf)
+
+    def close(self) -> None:
+        self._closed = True
+        self._idle = False
+        if self._wait is not None:
+            self._wait.cancel()
+        if self._became_idle is not None:
+            self._became_idle.set()
+
+    async def _watch(self) -> None:
+        terminated = self._server.context.terminated
+        while not self._closed:
+            with trio.CancelScope(deadline=self._deadline) as wait:
+                self._wait = wait
+                if terminated.is_set() and not self._idle:  # terminating during a request
+                    self._became_idle = trio.Event()
+                    await self._became_idle.wait()
+                else:
+                    await terminated.wait()
+            self._wait = self._became_idle = None
+            # woken by the deadline, by termination or by becoming idle while terminating; a
+            # request may have come meanwhile (`stop`) or moved the deadline on: then wait again
+            if self._closed:
+                return
+            if self._idle and (terminated.is_set() or trio.current_time() >= self._deadline):
+                with trio.CancelScope(shield=True):
+                    await self._server._initiate_server_close()  # hypercorn's own idle close
+                return
