@@ -6,8 +6,8 @@ arrives (`Updated(idle=False)`) and restarts it once the response is out and the
 recycled (`Updated(idle=True)`); each restart takes a `trio.Lock`, cancels the previous timer task
 and starts a new one with `nursery.start`, whose caller waits a scheduler round for the new task
 to report started. That restart runs on every keep-alive request inside the response's final send
-(which `kahuna.api.guard` shields so it completes): bench/api.py measured it at ~110 µs of CPU per
-request, a quarter of the stack's cheapest request. (A bare hypercorn + Quart-trio app never pays
+(which `kahuna.api.guard` shields so it completes): ~110 µs of CPU per request, a quarter of the
+stack's cheapest one (wrk at 16 connections on a constant-body route inside the daemon, A/B). (A bare hypercorn + Quart-trio app never pays
 it: Quart cancels its request task when hypercorn signals the stream's end, so the restart's lock
 raises `Cancelled` and the timer is never restarted -- idle connections then never time out.)
 
@@ -36,8 +36,7 @@ class IdleTimer:
         self._closed = False
         self._started = False
         self._deadline = inf
-        self._wait: trio.CancelScope | None = None  # the watcher's current wait
-        self._became_idle: trio.Event | None = None  # only while terminating during a request
+        self._wait: trio.CancelScope | None = None  # the watcher's current wait; cancelled to wake it
 
     def _move(self, deadline: float) -> None:
         self._deadline = deadline
@@ -49,8 +48,8 @@ class IdleTimer:
             return
         self._idle = True
         self._move(trio.current_time() + self._server.config.keep_alive_timeout)
-        if self._became_idle is not None:
-            self._became_idle.set()
+        if self._wait is not None and self._server.context.terminated.is_set():
+            self._wait.cancel()  # terminating: an idle connection closes at once
         if not self._started:
             self._started = True
             task_group.spawn(self._watch)
@@ -61,24 +60,20 @@ class IdleTimer:
 
     def close(self) -> None:
         self._closed = True
-        self._idle = False
         if self._wait is not None:
             self._wait.cancel()
-        if self._became_idle is not None:
-            self._became_idle.set()
 
     async def _watch(self) -> None:
         terminated = self._server.context.terminated
         while not self._closed:
             with trio.CancelScope(deadline=self._deadline) as wait:
                 self._wait = wait
-                if terminated.is_set() and not self._idle:  # terminating during a request
-                    self._became_idle = trio.Event()
-                    await self._became_idle.wait()
+                if terminated.is_set() and not self._idle:
+                    await trio.sleep_forever()  # terminating during a request: `restart` wakes it
                 else:
                     await terminated.wait()
-            self._wait = self._became_idle = None
-            # woken by the deadline, by termination or by becoming idle while terminating; a
+            self._wait = None
+            # woken by the deadline, by termination, by `restart` while terminating or `close`; a
             # request may have come meanwhile (`stop`) or moved the deadline on: then wait again
             if self._closed:
                 return
