@@ -93,14 +93,16 @@ async def test_a_connection_that_never_sends_closes_at_the_keep_alive_timeout(se
 
 async def test_requests_keep_the_connection_open_past_the_timeout(server):
     """Each request moves the idle deadline on: eight requests spaced at half the timeout are
-    all answered on one connection, twice as long as the timeout itself."""
+    all answered on one connection, twice as long as the timeout itself; the close then comes
+    a timeout after the last one (half a timeout after the sleep), not at a deadline an earlier
+    request had set."""
     port, _ = server
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     for _ in range(8):
         assert b" 200 " in await _request(stream, "fast")
         await trio.sleep(KEEP_ALIVE / 2)
     waited = await _closed_after(stream, limit=KEEP_ALIVE * 5)
-    assert waited <= KEEP_ALIVE * 3
+    assert KEEP_ALIVE * 0.3 <= waited <= KEEP_ALIVE * 3, waited
 
 
 async def test_a_request_longer_than_the_timeout_is_answered(server):
