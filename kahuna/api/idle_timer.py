@@ -1,5 +1,5 @@
 """A keep-alive connection's idle timer for hypercorn's trio `TCPServer`: one task per connection
-whose deadline moves, instead of a task cancelled and spawned on every request.
+with a lazy deadline, instead of a task cancelled and spawned on every request.
 
 What it replaces (hypercorn 0.18, `TrioSingleTask`): the server stops the timer when a request
 arrives (`Updated(idle=False)`) and restarts it once the response is out and the connection is
@@ -7,9 +7,10 @@ recycled (`Updated(idle=True)`); each restart takes a `trio.Lock`, cancels the p
 and starts a new one with `nursery.start`, whose caller waits a scheduler round for the new task
 to report started. That restart runs on every keep-alive request inside the response's final send
 (which `kahuna.api.guard` shields so it completes): ~110 µs of CPU per request, a quarter of the
-stack's cheapest one (wrk at 16 connections on a constant-body route inside the daemon, A/B). (A bare hypercorn + Quart-trio app never pays
-it: Quart cancels its request task when hypercorn signals the stream's end, so the restart's lock
-raises `Cancelled` and the timer is never restarted -- idle connections then never time out.)
+stack's cheapest one (wrk at 16 connections on a constant-body route inside the daemon, A/B).
+(A bare hypercorn + Quart-trio app never pays it: Quart cancels its request task when hypercorn
+signals the stream's end, so the restart's lock raises `Cancelled` and the timer is never
+restarted -- idle connections then never time out.)
 
 Here the same contract costs a clock read and two assignments per request; the deadline is lazy:
 `restart` records when the connection falls idle and `stop` only clears the idle flag, while the
@@ -17,6 +18,8 @@ watcher's wait keeps the deadline it was armed with and, woken by it early (the 
 busy meanwhile, or idle since later), re-arms with the current one -- one wake-up per
 `keep_alive_timeout` per busy connection. (Moving the wait's deadline on each `restart` and
 `stop`, which re-registers it in trio's deadline table, was ~10-20 µs of a read's CPU.)
+
+The contract, hypercorn's:
 - idle (after `restart`): the connection is closed when `keep_alive_timeout` passes, or at once
   when the server is terminating (`context.terminated`), as hypercorn's `_idle_timeout` does;
 - busy (after `stop`): nothing closes it; a termination meanwhile closes it once idle again;
@@ -41,7 +44,6 @@ class IdleTimer:
         self._closed = False
         self._started = False
         self._deadline = inf  # when an idle connection is closed (valid while `_idle`)
-        self._armed = inf  # the deadline the watcher's current wait was given
         self._wait: trio.CancelScope | None = None  # the watcher's current wait; cancelled to wake it
 
     async def restart(self, task_group: Any, action: Any = None) -> None:
@@ -51,8 +53,8 @@ class IdleTimer:
         self._deadline = deadline = trio.current_time() + self._server.config.keep_alive_timeout
         wait = self._wait
         if wait is not None:
-            if self._armed > deadline:  # waiting without a deadline (armed while busy)
-                self._armed = wait.deadline = deadline
+            if wait.deadline > deadline:  # waiting without a deadline (armed while busy)
+                wait.deadline = deadline
             if self._server.context.terminated.is_set():
                 wait.cancel()  # terminating: an idle connection closes at once
         if not self._started:
@@ -70,8 +72,7 @@ class IdleTimer:
     async def _watch(self) -> None:
         terminated = self._server.context.terminated
         while not self._closed:
-            self._armed = self._deadline if self._idle else inf
-            with trio.CancelScope(deadline=self._armed) as wait:
+            with trio.CancelScope(deadline=self._deadline if self._idle else inf) as wait:
                 self._wait = wait
                 if terminated.is_set() and not self._idle:
                     await trio.sleep_forever()  # terminating during a request: `restart` wakes it
